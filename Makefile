@@ -1,0 +1,36 @@
+# Set-up and everyday commands. Every target installs what it needs into .venv itself.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Run the gateway on its embedded default (SQLite under ./var, demo partners).
+run: $(STAMP)
+	$(BIN)/tongban serve
+
+## Submit sample cases to a running gateway and watch them flow.
+demo: $(STAMP)
+	$(BIN)/tongban demo
+
+## The whole test suite: lint, types, tests.
+test: $(STAMP)
+	$(BIN)/ruff check gateway adapters tests bench
+	$(BIN)/ruff format --check gateway adapters tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+## Throughput and latency figures (installs wrk from Debian's packages if missing).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

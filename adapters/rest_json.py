@@ -1,0 +1,180 @@
+"""``rest_json``: a partner with a modern JSON-over-HTTP interface.
+
+Native protocol (the shape most provincial JSON platforms share; names are configurable):
+
+- submit: ``POST {base_url}{submit_path}`` with ``{"caseId", "requestId", "itemCode", "itemVersion",
+  "originRegion", "applicant", "form", "attachments"}`` (top-level names renamed by ``field_map``).
+  The answer is ``{"code": "0", "ticket": "…", "statusCode": "…"}``; a non-zero ``code`` is a
+  refusal even under HTTP 200, except the ``busy_codes``, which mean "later".
+- supplement / withdraw: ``POST {base_url}/cases/{ticket}/supplements|withdraw``.
+- inbound: ``{"reports": [{"caseId", "ticket", "statusCode", "outcome", "result", "eventId"}]}``,
+  with ``statusCode`` translated through ``status_codes`` (their table → our lifecycle words).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+import orjson
+from pydantic import Field
+
+from adapters.sdk import (
+    Accepted,
+    AdapterContext,
+    AdapterSettings,
+    CanonicalCase,
+    Outcome,
+    Permanent,
+    Retryable,
+    StatusUpdate,
+)
+
+# One platform's table (1 已接件, 3 已受理, 4 不受理, 6 补正, 8 开始办理, 11 办结).
+DEFAULT_STATUS_CODES = {
+    "1": "dispatched",
+    "3": "accepted",
+    "4": "rejected",
+    "6": "supplement_required",
+    "8": "in_progress",
+    "11": "completed",
+}
+
+
+class RestJsonSettings(AdapterSettings):
+    kind: Literal["rest_json"] = "rest_json"
+    base_url: str = Field(pattern=r"^https?://")
+    submit_path: str = "/cases"
+    supplement_path: str = "/cases/{ref}/supplements"
+    withdraw_path: str = "/cases/{ref}/withdraw"
+    field_map: dict[str, str] = Field(default_factory=dict, description="our name → theirs")
+    status_codes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_CODES))
+    approved_values: list[str] = Field(default_factory=lambda: ["approved", "1", "准予"])
+    ok_codes: list[str] = Field(default_factory=lambda: ["0", "200"])
+    busy_codes: list[str] = Field(default_factory=lambda: ["BUSY", "429", "503"])
+    auth_header: str | None = None
+    auth_token: str | None = None
+    timeout: float = Field(10.0, gt=0)
+
+
+class RestJsonAdapter:
+    kind: ClassVar[str] = "rest_json"
+    Settings: ClassVar[type[AdapterSettings]] = RestJsonSettings
+
+    def __init__(self, settings: AdapterSettings) -> None:
+        assert isinstance(settings, RestJsonSettings)
+        self.settings = settings
+
+    # -- outbound ---------------------------------------------------------------------------
+
+    def render(self, case: CanonicalCase) -> dict[str, Any]:
+        """The native submit body: pure, so tests and the conformance kit can inspect it."""
+        body = {
+            "caseId": case.case_id,
+            "requestId": case.request_id,
+            "itemCode": case.item_code,
+            "itemVersion": case.contract_version,
+            "originRegion": case.origin_region,
+            "applicant": dict(case.applicant),
+            "form": dict(case.payload),
+            "attachments": [dict(a) for a in case.attachments],
+        }
+        return {self.settings.field_map.get(k, k): v for k, v in body.items()}
+
+    async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
+        return await self._post(self.settings.submit_path, self.render(case), case, ctx)
+
+    async def supplement(
+        self, case: CanonicalCase, material: Mapping[str, Any], ctx: AdapterContext
+    ) -> Outcome:
+        path = self.settings.supplement_path.format(ref=case.partner_ref or case.case_id)
+        return await self._post(path, {"caseId": case.case_id, **material}, case, ctx)
+
+    async def withdraw(self, case: CanonicalCase, reason: str, ctx: AdapterContext) -> Outcome:
+        path = self.settings.withdraw_path.format(ref=case.partner_ref or case.case_id)
+        return await self._post(path, {"caseId": case.case_id, "reason": reason}, case, ctx)
+
+    async def _post(
+        self, path: str, body: dict[str, Any], case: CanonicalCase, ctx: AdapterContext
+    ) -> Outcome:
+        headers = {"Content-Type": "application/json"}
+        if self.settings.auth_header and self.settings.auth_token:
+            headers[self.settings.auth_header] = self.settings.auth_token
+        timeout = aiohttp.ClientTimeout(total=min(self.settings.timeout, ctx.timeout))
+        url = self.settings.base_url.rstrip("/") + path
+        try:
+            async with ctx.session.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=timeout
+            ) as resp:
+                raw = await resp.read()
+                return self.classify(resp.status, raw, resp.headers.get("Retry-After"), case)
+        except TimeoutError:
+            return Retryable("timeout")
+        except aiohttp.ClientError as exc:
+            return Retryable(f"connection error: {type(exc).__name__}")
+
+    def classify(
+        self, status: int, raw: bytes, retry_after: str | None, case: CanonicalCase
+    ) -> Outcome:
+        """HTTP status and body → outcome. Pure; errors carry codes, never the request's data."""
+        if status == 429 or status >= 500:
+            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+            return Retryable(f"partner answered HTTP {status}", delay)
+        try:
+            answer = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            return Retryable(f"partner answered HTTP {status} with a body that is not JSON")
+        if not isinstance(answer, dict):
+            return Retryable(f"partner answered HTTP {status} with an unexpected JSON shape")
+        code = str(answer.get("code", "0" if status < 300 else status))
+        if code in self.settings.busy_codes:
+            return Retryable(f"partner busy (code {code})")
+        if status >= 400 or code not in self.settings.ok_codes:
+            return Permanent(f"partner refused the request (HTTP {status}, code {code})")
+        ref = answer.get("ticket")
+        updates: tuple[StatusUpdate, ...] = ()
+        if answer.get("statusCode") is not None:
+            update = self._update(answer, case.case_id)
+            updates = (update,) if update else ()
+        return Accepted(partner_ref=str(ref) if ref else None, updates=updates)
+
+    # -- inbound ----------------------------------------------------------------------------
+
+    def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> list[StatusUpdate]:
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ValueError("body is not JSON") from None
+        reports = message.get("reports") if isinstance(message, dict) else None
+        if not isinstance(reports, list):
+            raise ValueError("expected an object with a 'reports' list")
+        updates = []
+        for i, report in enumerate(reports):
+            if not isinstance(report, dict):
+                raise ValueError(f"reports[{i}] is not an object")
+            update = self._update(report, None)
+            if update is None:
+                raise ValueError(f"reports[{i}].statusCode is not a known status code")
+            updates.append(update)
+        return updates
+
+    def _update(self, report: Mapping[str, Any], case_id: str | None) -> StatusUpdate | None:
+        status = self.settings.status_codes.get(str(report.get("statusCode")))
+        if status is None:
+            return None
+        outcome = None
+        if status == "completed":
+            approved = str(report.get("outcome", "")) in self.settings.approved_values
+            outcome = "approved" if approved else "denied"
+        data = report.get("result") or {}
+        if status in ("rejected", "supplement_required") and report.get("message"):
+            data = {**data, "message": report["message"]}
+        return StatusUpdate(
+            status=status,
+            case_id=report.get("caseId") or case_id,
+            partner_ref=str(report["ticket"]) if report.get("ticket") else None,
+            outcome=outcome,
+            data=data if isinstance(data, dict) else {"value": data},
+            partner_event_id=str(report["eventId"]) if report.get("eventId") else None,
+        )

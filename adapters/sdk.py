@@ -1,0 +1,174 @@
+"""The adapter SDK: what an adapter is, what it returns, and how one is found.
+
+An adapter turns a canonical case into a partner's native request and the partner's native answers
+into canonical updates. It never raises for a partner's behaviour: every call returns an outcome,
+and every failure is classified *retryable* (timeouts, connection errors, 5xx, 429, a closed
+service window) or *permanent* (the partner's own validation refusal).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict
+
+from gateway.clock import Clock
+
+ENTRY_POINT_GROUP = "tongban.adapters"
+
+
+# ---- canonical data handed to adapters -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CanonicalCase:
+    """What an adapter needs to know of a case to send it."""
+
+    case_id: str
+    request_id: str
+    item_code: str
+    contract_version: int
+    origin_region: str
+    handling_region: str
+    applicant: Mapping[str, Any]
+    payload: Mapping[str, Any]
+    attachments: tuple[Mapping[str, Any], ...] = ()
+    partner_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One status report from a partner, in canonical words.
+
+    ``case_id`` or ``partner_ref`` identifies the case; ``status`` is a lifecycle status name.
+    """
+
+    status: str
+    case_id: str | None = None
+    partner_ref: str | None = None
+    outcome: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    partner_event_id: str | None = None
+
+
+# ---- outcomes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The partner took the request. ``updates`` are statuses it reported with its answer."""
+
+    partner_ref: str | None = None
+    updates: tuple[StatusUpdate, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retryable:
+    """Try again later: timeouts, connection errors, 5xx, 429, a closed service window."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Permanent:
+    """The partner refused the request as invalid; retrying the same request cannot help."""
+
+    reason: str
+
+
+Outcome = Accepted | Retryable | Permanent
+
+
+# ---- context and protocol ---------------------------------------------------------------------
+
+
+class MaskingFilter(logging.Filter):
+    """Drops log records that would carry a known sensitive value; masks them in the message."""
+
+    def __init__(self, sensitive: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.sensitive = sensitive
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for value in self.sensitive:
+            if value and value in message:
+                message = message.replace(value, "***")
+        record.msg, record.args = message, None
+        return True
+
+
+@dataclass
+class AdapterContext:
+    """What the gateway gives an adapter: an HTTP session, a clock, a logger and its region."""
+
+    region: str
+    session: aiohttp.ClientSession
+    clock: Clock
+    logger: logging.Logger
+    timeout: float = 15.0
+
+
+class AdapterSettings(BaseModel):
+    """Base of every adapter kind's settings; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A partner adapter. Implementations are plain classes built from validated settings."""
+
+    kind: ClassVar[str]
+    Settings: ClassVar[type[AdapterSettings]]
+
+    async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome: ...
+
+    async def supplement(
+        self, case: CanonicalCase, material: Mapping[str, Any], ctx: AdapterContext
+    ) -> Outcome: ...
+
+    async def withdraw(self, case: CanonicalCase, reason: str, ctx: AdapterContext) -> Outcome: ...
+
+    def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> list[StatusUpdate]:
+        """Turn a partner's own message into updates; raise ValueError for a malformed one."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    kind: ClassVar[str]
+    Settings: ClassVar[type[AdapterSettings]]
+
+    def __call__(self, settings: Any) -> Adapter: ...
+
+
+def builtin_adapters() -> dict[str, type[Any]]:
+    from adapters.rest_json import RestJsonAdapter
+
+    return {RestJsonAdapter.kind: RestJsonAdapter}
+
+
+def discover() -> dict[str, type[Any]]:
+    """Built-in adapter classes plus third-party ones registered under ``tongban.adapters``."""
+    found = builtin_adapters()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, ep.load())
+    return found
+
+
+def build(settings: Mapping[str, Any], registry: Mapping[str, type[Any]]) -> Adapter:
+    """Validate an ``adapter = {kind = …}`` table and build the adapter; ValueError if bad."""
+    kind = str(settings.get("kind"))
+    if kind not in registry:
+        raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(sorted(registry))}")
+    cls = registry[kind]
+    adapter: Adapter = cls(cls.Settings.model_validate(dict(settings)))
+    return adapter

@@ -1,0 +1,127 @@
+"""The ``tongban`` command: serve, demo, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from gateway.config import Config, ConfigError, demo_config, load
+
+
+def _config(path: str | None) -> tuple[Config, Path | None]:
+    if path is None:
+        return demo_config(), None
+    return load(Path(path)), Path(path).resolve().parent
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from gateway.app import Gateway
+
+    config, base = _config(args.config)
+    gateway = Gateway(config, base_dir=base)
+    partners = None
+    if config.demo:
+        from gateway.demo.partners import DemoPartners
+
+        partners = DemoPartners(config, f"http://{config.gateway.listen}")
+        await partners.start()
+    try:
+        port = await gateway.start()
+        print(f"tongban gateway listening on http://{config.gateway.host}:{port}", flush=True)
+        if config.demo:
+            print("demo partners running; submit sample cases with: tongban demo", flush=True)
+        await _until_signalled()
+    finally:
+        await gateway.stop()
+        if partners:
+            await partners.stop()
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from gateway.simulator import ProvinceSimulator, SimulatorSettings
+
+    host, _, port = args.listen.rpartition(":")
+    settings = SimulatorSettings(
+        region=args.region, gateway_url=args.gateway, key_id=args.key_id, secret=args.secret,
+        callback_secret=args.callback_secret, latency=args.latency,
+        failure_rate=args.failure_rate, deny_rate=args.deny_rate,
+    )  # fmt: skip
+    sim = ProvinceSimulator(settings)
+    bound = await sim.start(host or "127.0.0.1", int(port))
+    print(f"simulating {args.region} ({args.style}) on http://{host}:{bound}", flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await sim.stop()
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    from gateway.demo.client import run_demo
+
+    config, base = _config(args.config)
+    url = args.gateway or f"http://{config.gateway.listen}"
+    await run_demo(config, url, args.cases, base_dir=base)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tongban", description="跨省通办 interoperability gateway")
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (no --config: the bundled demo)")
+    serve.add_argument("--config", help="TOML configuration file")
+
+    demo = sub.add_parser("demo", help="submit sample cases to a running gateway and watch them")
+    demo.add_argument("--config", help="the gateway's configuration (default: the demo's)")
+    demo.add_argument("--gateway", help="gateway URL (default: from the configuration)")
+    demo.add_argument("--cases", type=int, default=12, help="how many cases to submit")
+
+    sim = sub.add_parser("simulate", help="play a province's platform on loopback")
+    sim.add_argument("--style", choices=["rest"], default="rest")
+    sim.add_argument("--region", required=True)
+    sim.add_argument("--listen", default="127.0.0.1:9101")
+    sim.add_argument("--gateway", default="http://127.0.0.1:8080")
+    sim.add_argument("--key-id", required=True, help="this province's key id at the gateway")
+    sim.add_argument("--secret", required=True, help="that key's secret")
+    sim.add_argument("--callback-secret", help="verify the gateway's callbacks with this")
+    sim.add_argument("--latency", type=float, default=0.2, help="seconds between status reports")
+    sim.add_argument("--failure-rate", type=float, default=0.0, help="share of submits → 503")
+    sim.add_argument("--deny-rate", type=float, default=0.0, help="share of denied outcomes")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    run = {"serve": _serve, "simulate": _simulate, "demo": _demo}[args.command]
+    try:
+        asyncio.run(run(args))
+    except ConfigError as exc:
+        print(f"tongban: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

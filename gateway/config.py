@@ -1,0 +1,216 @@
+"""Configuration (SPEC §8): a TOML file validated at start, with messages that name the key.
+
+Any value written as ``{ env = "NAME" }`` is read from the environment variable NAME, so secrets
+need not sit in the file. With no file, :func:`demo_config` gives the bundled demo.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.identifiers import region_problem
+
+DEMO_FILE = Path(__file__).parent / "demo" / "demo.toml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetryPolicy(_Section):
+    """Durable retry of dispatch and delivery: exponential backoff with full jitter."""
+
+    base_seconds: float = Field(1.0, gt=0)
+    cap_seconds: float = Field(600.0, gt=0)
+    max_attempts: int = Field(30, ge=1, description="dispatch attempts before dead-lettering")
+
+
+class GatewaySection(_Section):
+    listen: str = "127.0.0.1:8080"
+    store: str = "sqlite:///var/tongban.db"
+    contracts: str = "contracts/"
+    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    rate_limit_per_second: float = Field(2000.0, gt=0, description="per origin region")
+    rate_limit_burst: int = Field(4000, ge=1)
+    lease_seconds: float = Field(30.0, gt=0)
+    request_timeout_seconds: float = Field(15.0, gt=0, description="every partner/recipient call")
+    callback_key_id: str = "tongban-gateway"
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    dispatch_batch: int = Field(64, ge=1)
+    delivery_batch: int = Field(100, ge=1, description="events per callback when batching")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("must be HOST:PORT")
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class HubSection(_Section):
+    url: str
+    secret: str = Field(min_length=8)
+    batch: bool = True
+
+
+class OperatorSection(_Section):
+    name: str
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    role: Literal["viewer", "operator", "admin"]
+
+
+class PartnerLimits(_Section):
+    concurrency: int = Field(8, ge=1, le=1000, description="calls in flight to this partner")
+
+
+class InboundAuth(_Section):
+    """How a partner's own messages are authenticated: §5 signing, or for a legacy system that
+    cannot sign, a token header or an address allowlist configured explicitly."""
+
+    mode: Literal["signed", "token", "allowlist"] = "signed"
+    header: str = "X-Partner-Token"
+    token: str | None = None
+    addresses: list[str] = Field(default_factory=list)
+
+
+class PartnerSection(_Section):
+    region: str
+    name: str
+    callback_url: str | None = None
+    callback_secret: str | None = Field(None, min_length=8)
+    batch_callbacks: bool = False
+    keys: dict[str, str] = Field(default_factory=dict)
+    adapter: dict[str, Any] | None = None
+    limits: PartnerLimits = Field(default_factory=PartnerLimits)
+    inbound: InboundAuth = Field(default_factory=InboundAuth)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        problem = region_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key_id, secret in v.items():
+            if len(secret) < 16:
+                raise ValueError(f"secret of key {key_id!r} must be at least 16 characters")
+        return v
+
+
+class Config(_Section):
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    national_hub: HubSection | None = None
+    operators: list[OperatorSection] = Field(default_factory=list)
+    partners: list[PartnerSection] = Field(default_factory=list)
+    demo: bool = Field(False, description="also run the demo partner simulators in-process")
+
+    def partner(self, region: str) -> PartnerSection | None:
+        return next((p for p in self.partners if p.region == region), None)
+
+    def key_regions(self) -> dict[str, str]:
+        """Key id → region; a key id belongs to exactly one region."""
+        return {k: p.region for p in self.partners for k in p.keys}
+
+    def key_secrets(self) -> dict[str, str]:
+        return {k: s for p in self.partners for k, s in p.keys.items()}
+
+
+def _resolve_env(node: Any, path: str) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            name = node["env"]
+            if name not in os.environ:
+                raise ConfigError(f"{path}: environment variable {name} is not set")
+            return os.environ[name]
+        return {k: _resolve_env(v, f"{path}.{k}" if path else k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_env(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    return node
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a parsed TOML document; raise :class:`ConfigError` naming every bad key."""
+    try:
+        config = Config.model_validate(_resolve_env(raw, ""))
+    except ValidationError as exc:
+        lines = [f"  {_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: Config, source: str) -> None:
+    seen_regions: set[str] = set()
+    seen_keys: set[str] = set()
+    for i, p in enumerate(config.partners):
+        if p.region in seen_regions:
+            raise ConfigError(f"{source}: partners[{i}].region: {p.region} is configured twice")
+        seen_regions.add(p.region)
+        for key_id in p.keys:
+            if key_id in seen_keys:
+                raise ConfigError(
+                    f"{source}: partners[{i}].keys: key id {key_id!r} belongs to two regions"
+                )
+            seen_keys.add(key_id)
+        if p.callback_url and not p.callback_secret:
+            raise ConfigError(
+                f"{source}: partners[{i}].callback_secret: required with callback_url"
+            )
+        if p.inbound.mode == "token" and not p.inbound.token:
+            raise ConfigError(f"{source}: partners[{i}].inbound.token: required for mode token")
+
+
+def load(path: Path) -> Config:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, str(path))
+
+
+def demo_config() -> Config:
+    return load(DEMO_FILE)
+
+
+def contracts_path(config: Config, base: Path | None = None) -> Path:
+    """The contract list folder: as written, else beside the project (for the bundled demo)."""
+    p = Path(config.gateway.contracts)
+    if p.is_absolute() or p.exists():
+        return p
+    for root in (base, PROJECT_ROOT):
+        if root is not None and (root / p).exists():
+            return root / p
+    raise ConfigError(f"gateway.contracts: folder {p} does not exist")

@@ -1,0 +1,199 @@
+"""Service-item contracts: the model of the contract list and the payload validator each version
+compiles into.
+
+A contract list is a folder of JSON files, one per service item (事项), each holding every version
+of that item. A version is immutable once published: cases are pinned to the version they were
+accepted under. Compiling a version into a pydantic model happens once and is cached.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator
+
+from gateway.identifiers import CreditCode, IdNumber, RegionCode
+
+Mode = Literal["online", "proxy", "multi_site"]
+VersionStatus = Literal["draft", "active", "deprecated", "retired"]
+FieldType = Literal[
+    "string", "integer", "decimal", "boolean", "date", "datetime", "enum",
+    "region_code", "id_card", "credit_code", "phone", "object", "list",
+]  # fmt: skip
+
+
+class FieldSpec(BaseModel):
+    """One request or result field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: FieldType
+    title: str = ""
+    required: bool = False
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    values: list[str] | None = Field(default=None, description="enum: allowed codes")
+    code_table: str | None = Field(default=None, description="enum: a named code table")
+    fields: dict[str, FieldSpec] | None = Field(default=None, description="object: its fields")
+    items: FieldSpec | None = Field(default=None, description="list: its element")
+    max_items: int | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+
+class Routing(BaseModel):
+    """How the handling region is found: fixed, or derived from a payload field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    handling_region: str | None = None
+    from_field: str | None = None
+
+
+class ContractVersion(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = Field(ge=1)
+    status: VersionStatus = "active"
+    mode: Mode = "online"
+    effective_from: date | None = None
+    origins: list[str] = Field(default_factory=lambda: ["*"], description="admitted origins")
+    routing: Routing = Field(default_factory=Routing)
+    time_limit_days: int = Field(default=20, ge=1, description="承诺时限, working days")
+    fields: dict[str, FieldSpec] = Field(default_factory=dict)
+    result_fields: dict[str, FieldSpec] = Field(default_factory=dict)
+    sensitive_fields: list[str] = Field(default_factory=list)
+    rules: dict[str, str] = Field(default_factory=dict, description="the unified item rules")
+
+    def admits(self, origin: str) -> bool:
+        return "*" in self.origins or origin in self.origins or origin[:2] + "0000" in self.origins
+
+
+class ServiceItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_code: str
+    name: str
+    department: str = ""
+    versions: list[ContractVersion]
+
+    def version(self, number: int | None) -> ContractVersion | None:
+        """The given version, or the newest active one when ``number`` is None."""
+        if number is None:
+            active = [v for v in self.versions if v.status == "active"]
+            return max(active, key=lambda v: v.version) if active else None
+        return next((v for v in self.versions if v.version == number), None)
+
+
+class ContractList(BaseModel):
+    """Every service item with all its versions, plus the code tables they name."""
+
+    items: dict[str, ServiceItem]
+    code_tables: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folder: Path) -> ContractList:
+        """Read ``*.json`` item files and the optional ``code_tables.json`` from a folder."""
+        items: dict[str, ServiceItem] = {}
+        tables: dict[str, dict[str, str]] = {}
+        for path in sorted(folder.glob("*.json")):
+            raw = orjson.loads(path.read_bytes())
+            if path.name == "code_tables.json":
+                tables = raw
+                continue
+            item = ServiceItem.model_validate(raw)
+            items[item.item_code] = item
+        return cls(items=items, code_tables=tables)
+
+    _validators: dict[tuple[str, int], type[BaseModel]] = PrivateAttr(default_factory=dict)
+
+    def validator(self, item_code: str, version: ContractVersion) -> type[BaseModel]:
+        """The compiled payload model for one version, built on first use."""
+        key = (item_code, version.version)
+        cache = self._validators
+        if key not in cache:
+            safe = re.sub(r"\W", "_", item_code)
+            name = f"Payload_{safe}_v{version.version}"
+            cache[key] = compile_fields(name, version.fields, self.code_tables)
+        return cache[key]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+_SIMPLE: Mapping[str, Any] = {
+    "boolean": bool,
+    "date": date,
+    "datetime": datetime,
+    "region_code": RegionCode,
+    "id_card": IdNumber,
+    "credit_code": CreditCode,
+    "phone": Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$|^0\d{2,3}-?\d{7,8}$")],
+}
+
+
+def _annotation(name: str, spec: FieldSpec, tables: Mapping[str, Mapping[str, str]]) -> Any:
+    if spec.type in _SIMPLE:
+        return _SIMPLE[spec.type]
+    if spec.type == "string":
+        return Annotated[
+            str, Field(min_length=spec.min_length, max_length=spec.max_length, pattern=spec.pattern)
+        ]
+    if spec.type == "integer":
+        return Annotated[int, Field(ge=spec.minimum, le=spec.maximum)]
+    if spec.type == "decimal":
+        return Annotated[Decimal, Field(ge=spec.minimum, le=spec.maximum)]
+    if spec.type == "enum":
+        codes = spec.values or list(tables.get(spec.code_table or "", {}))
+        return Literal[tuple(codes)]
+    if spec.type == "object":
+        return compile_fields(name, spec.fields or {}, tables)
+    if spec.type == "list":
+        element = _annotation(name + "_item", spec.items or FieldSpec(type="string"), tables)
+        return Annotated[list[element], Field(max_length=spec.max_items)]  # type: ignore[valid-type]
+    raise ValueError(f"unknown field type {spec.type}")
+
+
+def compile_fields(
+    model_name: str, fields: Mapping[str, FieldSpec], tables: Mapping[str, Mapping[str, str]]
+) -> type[BaseModel]:
+    """Build a pydantic model that validates a payload against field specs."""
+    definitions: dict[str, Any] = {}
+    for fname, spec in fields.items():
+        annotation = _annotation(f"{model_name}_{fname}", spec, tables)
+        definitions[fname] = (annotation, ...) if spec.required else (annotation | None, None)
+    return create_model(model_name, __base__=_Payload, **definitions)
+
+
+def province_of(region: str) -> str:
+    return region[:2] + "0000"
+
+
+def deadline_after(start: float, working_days: int) -> float:
+    """``working_days`` working days (Monday to Friday) after ``start``, same time of day.
+
+    Public holidays and make-up working days (调休) are not modelled yet: that needs the State
+    Council's yearly calendar in the contract list.
+    """
+    day = 86400.0
+    t, left = start, working_days
+    while left > 0:
+        t += day
+        if datetime.fromtimestamp(t).weekday() < 5:
+            left -= 1
+    return t

@@ -1,0 +1,203 @@
+"""The delivery worker: every event to every recipient, at least once, in per-case order.
+
+Work comes from the store as leased *cursors*: for one case and one recipient, the events after
+the last one acknowledged. A recipient that takes batches gets a JSON array of events of many
+cases (each case's events in order); any other gets the next event of each case alone, and the
+one after only once that is acknowledged. Any ``2xx`` acknowledges; anything else is retried with
+backoff, with the same ``event_id``, for as long as it takes. A recipient that keeps failing has
+its circuit opened so its backlog does not crowd out the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from gateway.clock import Clock
+from gateway.config import Config, RetryPolicy
+from gateway.retry import Circuit, backoff
+from gateway.service import HUB, render_event
+from gateway.signing import sign_headers
+from gateway.store.base import Ack, DeliveryClaim, DeliveryFailed, EventRecord, Op, Store
+from gateway.supervisor import Signal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how one recipient is reached."""
+
+    url: str
+    secret: str
+    batch: bool
+
+
+@dataclass
+class RecipientState:
+    target: Target | None
+    circuit: Circuit = field(default_factory=lambda: Circuit(threshold=3, cap=30.0))
+    inflight: int = 0
+
+
+def targets(config: Config) -> dict[str, Target]:
+    """Recipient name → target, from the configuration."""
+    out: dict[str, Target] = {}
+    if config.national_hub:
+        hub = config.national_hub
+        out[HUB] = Target(hub.url, hub.secret, hub.batch)
+    for p in config.partners:
+        if p.callback_url and p.callback_secret:
+            out[f"region:{p.region}"] = Target(p.callback_url, p.callback_secret, p.batch_callbacks)
+    return out
+
+
+class Deliverer:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        session: aiohttp.ClientSession,
+        config: Config,
+        clock: Clock,
+        owner: str,
+        poll_interval: float = 0.5,
+        per_recipient: int = 16,
+        on_result: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.session = session
+        self.clock = clock
+        self.owner = owner
+        self.poll_interval = poll_interval
+        self.per_recipient = per_recipient
+        g = config.gateway
+        self.key_id = g.callback_key_id
+        self.retry: RetryPolicy = g.retry
+        self.lease = g.lease_seconds
+        self.timeout = aiohttp.ClientTimeout(total=g.request_timeout_seconds)
+        self.max_events = g.delivery_batch
+        self.recipients = {name: RecipientState(t) for name, t in targets(config).items()}
+        self.signal = Signal()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_result = on_result or (lambda recipient, ok: None)
+
+    def wake(self) -> None:
+        self.signal.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                if not await self._round():
+                    await self.signal.wait(self.poll_interval)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _round(self) -> int:
+        now = self.clock.now()
+        busy = [
+            name
+            for name, st in self.recipients.items()
+            if not st.circuit.allows(now) or st.inflight >= self.per_recipient
+        ]
+        claims = await self.store.claim_deliveries(
+            self.owner, now, self.lease, 500, busy, self.max_events
+        )
+        by_recipient: dict[str, list[DeliveryClaim]] = defaultdict(list)
+        for claim in claims:
+            if claim.events:
+                by_recipient[claim.recipient].append(claim)
+        for recipient, group in by_recipient.items():
+            state = self.recipients.setdefault(recipient, RecipientState(None))
+            for request in self._requests(state, group):
+                state.inflight += 1
+                task = asyncio.create_task(self._send(recipient, state, request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return len(claims)
+
+    def _requests(
+        self, state: RecipientState, group: list[DeliveryClaim]
+    ) -> list[list[DeliveryClaim]]:
+        """Split claims into requests: batches up to ``max_events``, or one case each."""
+        if state.target is None or not state.target.batch:
+            return [[c] for c in group]
+        requests: list[list[DeliveryClaim]] = [[]]
+        size = 0
+        for claim in group:
+            if size + len(claim.events) > self.max_events and requests[-1]:
+                requests.append([])
+                size = 0
+            requests[-1].append(claim)
+            size += len(claim.events)
+        return requests
+
+    async def _send(
+        self, recipient: str, state: RecipientState, claims: list[DeliveryClaim]
+    ) -> None:
+        try:
+            ops = await self._post(recipient, state, claims)
+            await self.store.write(ops, self.clock.now())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery to %s failed unexpectedly; leases will expire", recipient)
+        finally:
+            state.inflight -= 1
+            self.signal.set()
+
+    async def _post(
+        self, recipient: str, state: RecipientState, claims: list[DeliveryClaim]
+    ) -> list[Op]:
+        target = state.target
+        batch = target is not None and target.batch
+        sent = {c.case_id: (c.events if batch else c.events[:1]) for c in claims}
+        error = await self._http(target, [e for evs in sent.values() for e in evs], batch)
+        now = self.clock.now()
+        self._on_result(recipient, error is None)
+        if error is None:
+            state.circuit.success()
+            return [Ack(recipient, case_id, evs[-1].seq) for case_id, evs in sent.items()]
+        state.circuit.failure(now, error)
+        log.info("delivery to %s failed (%s); will retry", recipient, error)
+        return [
+            DeliveryFailed(
+                recipient,
+                c.case_id,
+                now + backoff(c.attempts, self.retry.base_seconds, self.retry.cap_seconds),
+                error,
+            )
+            for c in claims
+        ]
+
+    async def _http(
+        self, target: Target | None, events: list[EventRecord], batch: bool
+    ) -> str | None:
+        """POST the events; None on a 2xx, else a short reason (never the payload)."""
+        if target is None:
+            return "recipient is no longer configured"
+        rendered = [render_event(e) for e in events]
+        body = orjson.dumps(rendered if batch else rendered[0])
+        url = target.url
+        path = URL(url).raw_path_qs
+        headers = sign_headers(self.key_id, target.secret, "POST", path, body)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=self.timeout
+            ) as resp:
+                await resp.read()
+                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+        except TimeoutError:
+            return "timeout"
+        except aiohttp.ClientError as exc:
+            return f"connection error: {type(exc).__name__}"

@@ -1,0 +1,247 @@
+"""The dispatcher: takes due jobs from the store by lease and hands them to partner adapters.
+
+Each job is one call to a partner (submit a case, pass on a supplement or a withdrawal). The
+adapter's outcome decides what is written: the case moves on (success), the job is rescheduled
+durably with backoff (retryable), or it is dead-lettered with its reason (permanent, or the retry
+budget is spent) and the case becomes ``failed``. A short in-call retry (tenacity) absorbs a
+blip without a round trip through the store; the store carries the long retry.
+
+Concurrency is bounded per partner: the dispatcher never claims more jobs for a partner than it
+has free call slots, so leased jobs do not wait behind a slow partner while their lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from adapters.sdk import (
+    Accepted,
+    Adapter,
+    AdapterContext,
+    CanonicalCase,
+    Outcome,
+    Retryable,
+)
+from gateway.clock import Clock
+from gateway.config import RetryPolicy
+from gateway.ids import new_id
+from gateway.lifecycle import Status
+from gateway.retry import Circuit, backoff
+from gateway.service import CaseService
+from gateway.store.base import CaseRecord, FinishJob, JobRecord, Op, Store, Transition
+from gateway.supervisor import Signal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartnerSlot:
+    """Live state of one partner as the dispatcher sees it."""
+
+    adapter: Adapter
+    ctx: AdapterContext
+    concurrency: int
+    inflight: int = 0
+    paused: bool = False
+    circuit: Circuit = field(default_factory=Circuit)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        service: CaseService,
+        partners: Mapping[str, PartnerSlot],
+        clock: Clock,
+        retry: RetryPolicy,
+        lease: float,
+        owner: str,
+        poll_interval: float = 0.5,
+        on_outcome: Any = None,
+    ) -> None:
+        self.store = store
+        self.service = service
+        self.partners = partners
+        self.clock = clock
+        self.retry = retry
+        self.lease = lease
+        self.owner = owner
+        self.poll_interval = poll_interval
+        self.signal = Signal()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_outcome = on_outcome or (lambda region, kind: None)
+
+    def wake(self) -> None:
+        self.signal.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                claimed = await self._claim()
+                if not claimed:
+                    await self.signal.wait(self.poll_interval)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _claim(self) -> int:
+        now = self.clock.now()
+        quotas = {
+            region: slot.concurrency - slot.inflight
+            for region, slot in self.partners.items()
+            if not slot.paused and slot.circuit.allows(now)
+        }
+        if not any(q > 0 for q in quotas.values()):
+            return 0
+        jobs = await self.store.claim_jobs(self.owner, now, self.lease, quotas)
+        if not jobs:
+            return 0
+        cases = await self.store.cases([j.case_id for j in jobs])
+        for job in jobs:
+            slot = self.partners[job.region]
+            slot.inflight += 1
+            task = asyncio.create_task(self._run_job(job, cases.get(job.case_id), slot))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(jobs)
+
+    async def _run_job(self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot) -> None:
+        try:
+            ops = await self._process(job, case, slot)
+            await self.store.write(ops, self.clock.now())
+            if any(isinstance(op, Transition) for op in ops):
+                self.service.wake.deliver()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("dispatch job %s failed unexpectedly; its lease will expire", job.job_id)
+        finally:
+            slot.inflight -= 1
+            self.signal.set()
+
+    async def _process(
+        self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot
+    ) -> list[Op]:
+        if case is None or (job.kind == "submit" and case.status.value in _NOTHING_TO_SEND):
+            return [FinishJob(job.job_id, "done", error="case no longer needs sending")]
+        canonical = await self._canonical(case)
+        outcome = await self._call(job, canonical, slot)
+        now = self.clock.now()
+        self._on_outcome(job.region, type(outcome).__name__.lower())
+        if isinstance(outcome, Accepted):
+            slot.circuit.success()
+            return self._accepted(job, case, outcome, now)
+        if isinstance(outcome, Retryable):
+            slot.circuit.failure(now, outcome.reason)
+            if job.attempts + 1 < self.retry.max_attempts:
+                delay = max(
+                    backoff(job.attempts, self.retry.base_seconds, self.retry.cap_seconds),
+                    outcome.retry_after or 0.0,
+                )
+                return [FinishJob(job.job_id, "retry", now + delay, outcome.reason)]
+            reason = f"retry budget spent after {job.attempts + 1} attempts: {outcome.reason}"
+        else:
+            slot.circuit.success()  # the partner answered; it is the request it refused
+            reason = f"permanent: {outcome.reason}"
+        log.warning("dead-lettering %s job %s of case %s: %s", job.kind, job.job_id,
+                    job.case_id, reason)  # fmt: skip
+        ops: list[Op] = [FinishJob(job.job_id, "dead", now, reason)]
+        if job.kind == "submit":
+            ops.append(self._transition(case, Status.FAILED, now, {"reason": reason}))
+        return ops
+
+    def _accepted(
+        self, job: JobRecord, case: CaseRecord, outcome: Accepted, now: float
+    ) -> list[Op]:
+        ops: list[Op] = [FinishJob(job.job_id, "done", now)]
+        if job.kind == "submit":
+            t = self._transition(case, Status.DISPATCHED, now, {})
+            ops.append(replace(t, partner_ref=outcome.partner_ref))
+        ops.extend(
+            self.service.update_transition(job.region, u, {}, now)
+            for u in outcome.updates
+            if u.status != Status.DISPATCHED.value
+        )
+        return ops
+
+    def _transition(
+        self, case: CaseRecord, status: Status, now: float, data: dict[str, Any]
+    ) -> Transition:
+        return Transition(
+            case_id=case.case_id,
+            status=status,
+            event_id=new_id(now, "E"),
+            at=now,
+            source="gateway",
+            data=data,
+        )
+
+    async def _call(self, job: JobRecord, case: CanonicalCase, slot: PartnerSlot) -> Outcome:
+        """One quick second try for a blip (not when the partner named its own delay)."""
+        outcome: Outcome = Retryable("not called")
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(2),
+                wait=wait_random_exponential(multiplier=0.05, max=0.5),
+                retry=retry_if_result(lambda o: isinstance(o, Retryable) and o.retry_after is None),
+            ):
+                with attempt:
+                    outcome = await self._call_once(job, case, slot)
+                attempt.retry_state.set_result(outcome)
+        except RetryError:
+            pass  # both tries were retryable: ``outcome`` holds the last one
+        return outcome
+
+    async def _call_once(self, job: JobRecord, case: CanonicalCase, slot: PartnerSlot) -> Outcome:
+        try:
+            async with asyncio.timeout(slot.ctx.timeout + 1):
+                if job.kind == "submit":
+                    return await slot.adapter.submit(case, slot.ctx)
+                if job.kind == "supplement":
+                    return await slot.adapter.supplement(case, job.data, slot.ctx)
+                return await slot.adapter.withdraw(case, str(job.data.get("reason", "")), slot.ctx)
+        except TimeoutError:
+            return Retryable("adapter call timed out")
+        except Exception as exc:  # an adapter bug must not kill the worker or lose the job
+            log.error("adapter %s raised %s on job %s", slot.adapter.kind,
+                      type(exc).__name__, job.job_id)  # fmt: skip
+            return Retryable(f"adapter error: {type(exc).__name__}")
+
+    async def _canonical(self, case: CaseRecord) -> CanonicalCase:
+        attachments = []
+        for a in case.attachments:
+            content = await self.store.get_blob(a["sha256"])
+            item = dict(a)
+            if content is not None:
+                item["content_base64"] = base64.b64encode(content).decode()
+            attachments.append(item)
+        return CanonicalCase(
+            case_id=case.case_id,
+            request_id=case.request_id,
+            item_code=case.item_code,
+            contract_version=case.contract_version,
+            origin_region=case.origin_region,
+            handling_region=case.handling_region,
+            applicant=case.applicant,
+            payload=case.payload,
+            attachments=tuple(attachments),
+            partner_ref=case.partner_ref,
+        )
+
+
+_NOTHING_TO_SEND = frozenset({"completed", "rejected", "withdrawn"})

@@ -1,0 +1,1 @@
+"""The HTTP edge: authentication, thin handlers over the service layer, problem+json."""

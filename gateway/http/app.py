@@ -1,0 +1,224 @@
+"""Routes and handlers. Each handler authenticates, calls one service method, renders JSON.
+
+The route table below is also the source of the OpenAPI document (:mod:`gateway.http.openapi`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from gateway import errors, models
+from gateway.http.auth import Authenticator
+from gateway.metrics import Metrics
+from gateway.service import CaseService
+from gateway.store.base import Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PROBLEM = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    name: str
+    summary: str
+    auth: str  # "province", "reader", "partner", "viewer", "operator", "none"
+    body: type[BaseModel] | None = None
+    responses: tuple[tuple[int, type[BaseModel] | None], ...] = ()
+    query: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class HttpDeps:
+    service: CaseService
+    auth: Authenticator
+    metrics: Metrics
+    store: Store
+    is_ready: Callable[[], bool]
+    openapi: Callable[[], dict[str, Any]]
+
+
+def json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def problem(err: errors.ApiError) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(err.problem()),
+        status=err.status,
+        content_type=PROBLEM,
+        headers=err.headers,
+    )
+
+
+def _require_json(request: web.Request) -> None:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMedia("send the body as application/json")
+
+
+def _int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise errors.invalid(["query", name], "must be a non-negative integer")
+    return int(raw)
+
+
+def handlers(d: HttpDeps) -> dict[str, Handler]:
+    s, a = d.service, d.auth
+
+    async def submit_case(request: web.Request) -> web.Response:
+        body = await a.body(request)
+        origin = a.province(request, body)
+        _require_json(request)
+        status, case = await s.submit(origin, body)
+        return json(case, status)
+
+    async def get_case(request: web.Request) -> web.Response:
+        caller = a.reader(request, await a.body(request))
+        return json(await s.get(caller, request.match_info["case_id"]))
+
+    async def list_cases(request: web.Request) -> web.Response:
+        caller = a.reader(request, await a.body(request))
+        q = request.query
+        page = await s.list_cases(
+            caller, q.get("status"), q.get("item_code"), _int(request, "limit", 50), q.get("cursor")
+        )
+        return json(page)
+
+    async def supplement(request: web.Request) -> web.Response:
+        body = await a.body(request)
+        origin = a.province(request, body)
+        _require_json(request)
+        return json(await s.supplement(origin, request.match_info["case_id"], body))
+
+    async def withdraw(request: web.Request) -> web.Response:
+        body = await a.body(request)
+        origin = a.province(request, body)
+        return json(await s.withdraw(origin, request.match_info["case_id"], body))
+
+    async def feed(request: web.Request) -> web.Response:
+        region = a.province(request, await a.body(request))
+        limit = _int(request, "limit", 100)
+        return json(await s.feed(region, request.query.get("after"), limit))
+
+    async def inbound(request: web.Request) -> web.Response:
+        body = await a.body(request)
+        region = request.match_info["region"]
+        a.partner(request, region, body)
+        return json(await s.inbound(region, body, request.headers))
+
+    async def dead_letters(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await s.dead_letters(_int(request, "limit", 100)))
+
+    async def replay(request: web.Request) -> web.Response:
+        a.operator(request, "operator")
+        raw = orjson.loads(await a.body(request) or b"{}")
+        ids = raw.get("case_ids") if isinstance(raw, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise errors.invalid(["body", "case_ids"], "a list of case ids is required")
+        return json(await s.replay(ids))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = d.is_ready()
+        return json({"ready": ready}, 200 if ready else 503)
+
+    async def metrics(request: web.Request) -> web.Response:
+        stats = await d.store.stats(time.time()) if d.store.ready else {}
+        return web.Response(
+            body=d.metrics.render(stats), content_type="text/plain", charset="utf-8"
+        )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return json(d.openapi())
+
+    return {name: fn for name, fn in locals().items() if callable(fn) and name not in ("s", "a")}
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/cases", "submit_case", "Submit a case", "province", models.CaseSubmission,
+          ((202, models.Case), (200, models.Case))),
+    Route("GET", "/v1/cases", "list_cases", "The caller's cases, newest first", "reader",
+          responses=((200, models.CaseList),),
+          query=(("status", "string"), ("item_code", "string"), ("limit", "integer"),
+                 ("cursor", "string"))),
+    Route("GET", "/v1/cases/{case_id}", "get_case", "One case with its history and deliveries",
+          "reader", responses=((200, models.Case),)),
+    Route("POST", "/v1/cases/{case_id}/supplements", "supplement",
+          "Answer a supplement_required (补正)", "province", models.Supplement,
+          ((200, models.Case),)),
+    Route("POST", "/v1/cases/{case_id}/withdraw", "withdraw", "Withdraw a case (撤件)", "province",
+          models.Withdrawal, ((200, models.Case),)),
+    Route("GET", "/v1/events", "feed", "The caller's event feed, resumable by cursor", "province",
+          responses=((200, models.EventFeed),), query=(("after", "string"), ("limit", "integer"))),
+    Route("POST", "/v1/partners/{region}/inbound", "inbound",
+          "A handling partner's own message, parsed by its adapter", "partner",
+          responses=((200, models.InboundResult),)),
+    Route("GET", "/v1/ops/dead-letters", "dead_letters", "Dead-lettered jobs", "viewer",
+          query=(("limit", "integer"),)),
+    Route("POST", "/v1/ops/dead-letters/replay", "replay",
+          "Send the dead-lettered jobs of cases on again", "operator"),
+    Route("GET", "/healthz", "healthz", "Liveness", "none"),
+    Route("GET", "/readyz", "readyz", "Readiness: store open and migrated, workers running",
+          "none"),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", "none"),
+    Route("GET", "/openapi.json", "openapi", "This API as OpenAPI 3.1", "none"),
+)  # fmt: skip
+
+
+def build_app(d: HttpDeps, max_body: int) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[_middleware(d.metrics)])
+    table = handlers(d)
+    for r in ROUTES:
+        app.router.add_route(r.method, r.path, table[r.name], name=r.name)
+    return app
+
+
+def _from_http(exc: web.HTTPException) -> errors.ApiError:
+    """aiohttp's own answers (unknown path, wrong method) as problems too."""
+    err = errors.ApiError(exc.reason)
+    err.status, err.title = exc.status, exc.reason
+    return err
+
+
+def _middleware(metrics: Metrics) -> Any:
+    @web.middleware
+    async def errors_as_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        route = request.match_info.route.name or "unmatched"
+        try:
+            response = await handler(request)
+        except errors.ApiError as err:
+            response = problem(err)
+        except web.HTTPRequestEntityTooLarge:
+            response = problem(errors.TooLarge("the body is too large"))
+        except web.HTTPException as exc:
+            response = problem(_from_http(exc))
+        except Exception as exc:
+            # Only the exception type and where it happened: the message could carry input.
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("unhandled %s at %s:%d in %s", type(exc).__name__, where.filename,
+                      where.lineno, route)  # fmt: skip
+            response = problem(errors.ApiError("an internal error occurred; nothing was changed"))
+        metrics.http.labels(route, str(response.status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    return errors_as_problems

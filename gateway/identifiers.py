@@ -1,0 +1,94 @@
+"""Chinese identifier standards as pure checks and pydantic types.
+
+- GB 11643-1999 citizen ID numbers (ISO 7064 MOD 11-2 check character, real birth date),
+- GB 32100-2015 unified social credit codes (MOD 31 check character),
+- GB/T 2260 region codes (province prefix; the full county table belongs to the contract list).
+
+Error messages never repeat the value: it may be a person's ID number.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+_CREDIT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_CREDIT_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+
+PROVINCES: dict[str, str] = {
+    "11": "北京", "12": "天津", "13": "河北", "14": "山西", "15": "内蒙古",
+    "21": "辽宁", "22": "吉林", "23": "黑龙江", "31": "上海", "32": "江苏",
+    "33": "浙江", "34": "安徽", "35": "福建", "36": "江西", "37": "山东",
+    "41": "河南", "42": "湖北", "43": "湖南", "44": "广东", "45": "广西",
+    "46": "海南", "50": "重庆", "51": "四川", "52": "贵州", "53": "云南",
+    "54": "西藏", "61": "陕西", "62": "甘肃", "63": "青海", "64": "宁夏",
+    "65": "新疆", "71": "台湾", "81": "香港", "82": "澳门",
+}  # fmt: skip
+# Address codes of residence permits for Hong Kong, Macao and Taiwan residents.
+PERMIT_PREFIXES = ("810000", "820000", "830000")
+
+
+def id_check_char(first17: str) -> str:
+    """The GB 11643 check character for the first seventeen digits."""
+    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11]
+
+
+def id_number_problem(value: str) -> str | None:
+    """Why an eighteen-character citizen ID number is invalid, or None if it is valid."""
+    if len(value) != 18 or not value[:17].isdigit() or value[17] not in "0123456789X":
+        return "must be 17 digits followed by a digit or X"
+    if not (value[:2] in PROVINCES or value.startswith(PERMIT_PREFIXES)):
+        return "address code is not a known region"
+    try:
+        born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+    except ValueError:
+        return "birth date is not a real date"
+    if born.year < 1880 or born > date.today():
+        return "birth date is out of range"
+    if id_check_char(value[:17]) != value[17]:
+        return "check character does not match"
+    return None
+
+
+def credit_check_char(first17: str) -> str:
+    total = sum(
+        _CREDIT_ALPHABET.index(c) * w for c, w in zip(first17, _CREDIT_WEIGHTS, strict=True)
+    )
+    return _CREDIT_ALPHABET[(31 - total % 31) % 31]
+
+
+def credit_code_problem(value: str) -> str | None:
+    """Why a unified social credit code is invalid, or None if it is valid."""
+    if len(value) != 18 or any(c not in _CREDIT_ALPHABET for c in value):
+        return "must be 18 characters of 0-9 and A-Y without I, O, S, V, Z"
+    if credit_check_char(value[:17]) != value[17]:
+        return "check character does not match"
+    return None
+
+
+def region_problem(value: str) -> str | None:
+    if len(value) != 6 or not value.isdigit():
+        return "must be a six-digit GB/T 2260 code"
+    if value[:2] not in PROVINCES:
+        return "province prefix is not a GB/T 2260 province"
+    return None
+
+
+def _validated(problem_of: object) -> AfterValidator:
+    def check(value: str) -> str:
+        problem = problem_of(value.upper())  # type: ignore[operator]
+        if problem:
+            raise ValueError(problem)
+        return value.upper()
+
+    return AfterValidator(check)
+
+
+IdNumber = Annotated[str, _validated(id_number_problem)]
+CreditCode = Annotated[str, _validated(credit_code_problem)]
+RegionCode = Annotated[str, _validated(region_problem)]

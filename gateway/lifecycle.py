@@ -1,0 +1,87 @@
+"""The case state machine (SPEC §3): statuses, allowed transitions, terminal states.
+
+Pure: no I/O. The store asks :func:`check` before it appends an event; a transition that is not
+allowed (a late, duplicate or out-of-order partner answer) is recorded by the caller and ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    RECEIVED = "received"
+    DISPATCHED = "dispatched"
+    ACCEPTED = "accepted"  # 受理
+    IN_PROGRESS = "in_progress"  # 办理中
+    SUPPLEMENT_REQUIRED = "supplement_required"  # 补正
+    COMPLETED = "completed"  # 办结
+    REJECTED = "rejected"  # 不予受理
+    WITHDRAWN = "withdrawn"  # 撤件
+    FAILED = "failed"  # dead-lettered by the gateway
+
+
+class Outcome(StrEnum):
+    APPROVED = "approved"
+    DENIED = "denied"
+
+
+TERMINAL: frozenset[Status] = frozenset({Status.COMPLETED, Status.REJECTED, Status.WITHDRAWN})
+
+S = Status
+# From each status, the statuses a case may move to. A partner may skip steps forward
+# (report ``completed`` straight after ``dispatched``) but never move backward.
+ALLOWED: dict[Status, frozenset[Status]] = {
+    S.RECEIVED: frozenset({S.DISPATCHED, S.WITHDRAWN, S.FAILED}),
+    S.DISPATCHED: frozenset(
+        {S.ACCEPTED, S.IN_PROGRESS, S.SUPPLEMENT_REQUIRED, S.COMPLETED, S.REJECTED, S.WITHDRAWN}
+    ),
+    S.ACCEPTED: frozenset({S.IN_PROGRESS, S.SUPPLEMENT_REQUIRED, S.COMPLETED, S.WITHDRAWN}),
+    S.IN_PROGRESS: frozenset({S.SUPPLEMENT_REQUIRED, S.COMPLETED, S.WITHDRAWN}),
+    # The origin's supplement resumes the status the case had before (see ``resume_status``);
+    # the handler may also decide straight away.
+    S.SUPPLEMENT_REQUIRED: frozenset(
+        {S.DISPATCHED, S.ACCEPTED, S.IN_PROGRESS, S.COMPLETED, S.REJECTED, S.WITHDRAWN}
+    ),
+    # A replay of a dead-lettered case: once the partner takes it, it is dispatched again.
+    S.FAILED: frozenset({S.DISPATCHED, S.WITHDRAWN}),
+    S.COMPLETED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.WITHDRAWN: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str = ""
+
+
+def check(current: Status, target: Status, outcome: Outcome | None = None) -> Verdict:
+    """May a case in ``current`` move to ``target``?"""
+    if current in TERMINAL:
+        return Verdict(False, f"case is already {current.value}")
+    if target not in ALLOWED[current]:
+        return Verdict(False, f"{current.value} → {target.value} is not a valid transition")
+    if target is Status.COMPLETED and outcome is None:
+        return Verdict(False, "completed needs an outcome (approved or denied)")
+    if target is not Status.COMPLETED and outcome is not None:
+        return Verdict(False, f"{target.value} takes no outcome")
+    return Verdict(True)
+
+
+def is_terminal(status: Status) -> bool:
+    return status in TERMINAL
+
+
+def resume_status(before_supplement: Status) -> Status:
+    """Where a case goes when the origin answers a ``supplement_required``."""
+    if before_supplement in (S.ACCEPTED, S.IN_PROGRESS):
+        return before_supplement
+    return S.DISPATCHED
+
+
+def partner_has_case(status: Status) -> bool:
+    """Has the handling partner taken the case (so a withdrawal must be passed on to it)?"""
+    return status not in (S.RECEIVED, S.FAILED)

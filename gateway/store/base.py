@@ -1,0 +1,282 @@
+"""The store interface: what the gateway keeps, as plain records, and the operations on it.
+
+Every write goes through :meth:`Store.write`, a list of operations applied in one transaction
+(and, by the backend, grouped with other callers' lists into one commit). Accepting a case writes
+the case, its first event, the delivery cursors and the dispatch job together: the transactional
+outbox. Claims hand out leased work to the dispatcher and the delivery worker.
+
+Delivery is tracked by one *cursor* per (case, recipient): the last ``seq`` acknowledged and the
+last ``seq`` written. Events above the acknowledged one are pending, and only the next one may go
+out, so per-case order holds by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from gateway.lifecycle import Status
+
+JSON = dict[str, Any]
+
+
+# ---- records ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    case_id: str
+    request_id: str
+    origin_region: str
+    handling_region: str
+    item_code: str
+    contract_version: int
+    mode: str
+    status: Status
+    outcome: str | None
+    result: JSON | None
+    partner_ref: str | None
+    body_hash: str
+    applicant: JSON
+    payload: JSON
+    attachments: list[JSON]
+    recipients: list[str]
+    created_at: float
+    updated_at: float
+    deadline: float | None
+    last_seq: int
+    prior_status: Status | None = None  # the status before supplement_required
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    event_id: str
+    case_id: str
+    seq: int
+    status: str
+    outcome: str | None
+    at: float
+    item_code: str
+    contract_version: int
+    origin_region: str
+    handling_region: str
+    data: JSON
+    feed_id: int = 0
+
+
+@dataclass(frozen=True)
+class CursorRecord:
+    """Delivery state of one case to one recipient."""
+
+    recipient: str
+    case_id: str
+    acked_seq: int
+    head_seq: int
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class IgnoredRecord:
+    case_id: str
+    at: float
+    status: str
+    source: str
+    reason: str
+
+
+JobKind = Literal["submit", "supplement", "withdraw"]
+JobState = Literal["pending", "done", "dead", "cancelled"]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: int
+    kind: JobKind
+    case_id: str
+    region: str
+    data: JSON
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    case: CaseRecord
+    events: list[EventRecord]
+    cursors: list[CursorRecord]
+    ignored: list[IgnoredRecord]
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """Claimed pending events of one case for one recipient, in ``seq`` order."""
+
+    recipient: str
+    case_id: str
+    attempts: int
+    events: list[EventRecord]
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    kind: JobKind
+    region: str
+    data: JSON = field(default_factory=dict)
+    only_if_partner_has_case: bool = False  # e.g. a withdraw notice for a case never sent
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Accept a new case, idempotent by (origin_region, request_id)."""
+
+    case: CaseRecord
+    first_event: EventRecord
+    jobs: tuple[NewJob, ...]
+    blobs: tuple[tuple[str, str, bytes], ...] = ()  # (sha256, media_type, content)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    kind: Literal["created", "existing", "conflict"]
+    case: CaseRecord
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Move a case to ``status`` if the state machine allows it; otherwise record and ignore.
+
+    ``handler``/``origin`` authorise inside the transaction: the case must be handled by (or
+    originate from) that region, or nothing happens. ``jobs`` are created only if it applies.
+    """
+
+    case_id: str
+    status: Status | Literal["resume"]  # "resume": back to the status before the supplement
+    event_id: str
+    at: float
+    source: str
+    outcome: str | None = None
+    data: JSON = field(default_factory=dict)
+    result: JSON | None = None
+    partner_ref: str | None = None
+    handler: str | None = None
+    origin: str | None = None
+    jobs: tuple[NewJob, ...] = ()
+    cancel_pending_jobs: bool = False
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    applied: bool
+    reason: str = ""
+    case: CaseRecord | None = None
+    event: EventRecord | None = None
+
+
+@dataclass(frozen=True)
+class FinishJob:
+    """Close or reschedule a claimed job."""
+
+    job_id: int
+    state: Literal["done", "dead", "retry"]
+    next_attempt_at: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    recipient: str
+    case_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class DeliveryFailed:
+    recipient: str
+    case_id: str
+    next_attempt_at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Send dead-lettered jobs of a case on again."""
+
+    case_id: str
+
+
+Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay
+OpResult = SubmitResult | TransitionResult | int | None
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    region: str | None = None  # origin or handler; None = every case (operators)
+    status: str | None = None
+    item_code: str | None = None
+
+
+# ---- the interface ----------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """What every backend provides. All times are epoch seconds from the injected clock."""
+
+    ready: bool
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
+        """Apply the operations in order, atomically, and commit before returning."""
+        ...
+
+    async def get_case(self, case_id: str) -> CaseDetail | None: ...
+
+    async def cases(self, case_ids: Sequence[str]) -> dict[str, CaseRecord]:
+        """The case records alone, without history: what the dispatcher needs."""
+        ...
+
+    async def list_cases(
+        self, flt: CaseFilter, limit: int, before: str | None
+    ) -> list[CaseRecord]: ...
+
+    async def feed(self, region: str, after: int, limit: int) -> list[EventRecord]: ...
+
+    async def find_by_partner_ref(self, region: str, refs: Sequence[str]) -> Mapping[str, str]:
+        """Partner reference → case id, for cases that region handles."""
+        ...
+
+    async def claim_jobs(
+        self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
+    ) -> list[JobRecord]:
+        """Lease up to ``quotas[region]`` due pending jobs per region."""
+        ...
+
+    async def claim_deliveries(
+        self,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        skip: Sequence[str],
+        max_events: int,
+    ) -> list[DeliveryClaim]:
+        """Lease due delivery cursors (not of the recipients in ``skip``) with pending events."""
+        ...
+
+    async def dead_jobs(self, limit: int) -> list[JobRecord]: ...
+
+    async def get_blob(self, sha256: str) -> bytes | None: ...
+
+    async def stats(self, now: float) -> Mapping[str, float]:
+        """Gauges for /metrics: pending jobs, dead jobs, pending deliveries, oldest waits."""
+        ...

@@ -1,0 +1,836 @@
+"""The embedded store: SQLite through aiosqlite, in WAL mode.
+
+One writer connection and one reader connection. Writes from many callers are grouped into one
+transaction and one commit (group commit), so ``synchronous=FULL`` — every acknowledged write
+survives a power cut — costs one fsync per group rather than per case. A group is applied with
+statements batched by table; if it fails as a whole, each caller's operations are retried alone,
+so one bad caller cannot fail another.
+
+SQLite is the single-process backend: on open, leases held by a previous (dead) process of the
+same database are released at once rather than waiting for them to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from gateway import lifecycle
+from gateway.lifecycle import Status
+from gateway.store.base import (
+    Ack,
+    CaseDetail,
+    CaseFilter,
+    CaseRecord,
+    CursorRecord,
+    DeliveryClaim,
+    DeliveryFailed,
+    EventRecord,
+    FinishJob,
+    IgnoredRecord,
+    JobRecord,
+    Op,
+    OpResult,
+    Replay,
+    Submit,
+    SubmitResult,
+    Transition,
+    TransitionResult,
+)
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE cases (
+        case_id TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        origin_region TEXT NOT NULL,
+        handling_region TEXT NOT NULL,
+        item_code TEXT NOT NULL,
+        contract_version INTEGER NOT NULL,
+        mode TEXT NOT NULL,
+        status TEXT NOT NULL,
+        prior_status TEXT,
+        outcome TEXT,
+        result TEXT,
+        partner_ref TEXT,
+        body_hash TEXT NOT NULL,
+        applicant TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attachments TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline REAL,
+        last_seq INTEGER NOT NULL,
+        UNIQUE (origin_region, request_id)
+    );
+    CREATE INDEX cases_origin ON cases (origin_region, case_id);
+    CREATE INDEX cases_handler ON cases (handling_region, case_id);
+    CREATE INDEX cases_partner_ref ON cases (handling_region, partner_ref);
+    CREATE TABLE events (
+        feed_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        case_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        outcome TEXT,
+        at REAL NOT NULL,
+        item_code TEXT NOT NULL,
+        contract_version INTEGER NOT NULL,
+        origin_region TEXT NOT NULL,
+        handling_region TEXT NOT NULL,
+        data TEXT NOT NULL,
+        UNIQUE (case_id, seq)
+    );
+    CREATE INDEX events_origin ON events (origin_region, feed_id);
+    CREATE INDEX events_handler ON events (handling_region, feed_id);
+    CREATE TABLE cursors (
+        recipient TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        acked_seq INTEGER NOT NULL DEFAULT 0,
+        head_seq INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (case_id, recipient)
+    );
+    CREATE INDEX cursors_due ON cursors (next_attempt_at) WHERE head_seq > acked_seq;
+    CREATE TABLE jobs (
+        job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        region TEXT NOT NULL,
+        data TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_owner TEXT,
+        lease_until REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_due ON jobs (region, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX jobs_case ON jobs (case_id);
+    CREATE INDEX jobs_dead ON jobs (updated_at) WHERE state = 'dead';
+    CREATE TABLE ignored (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        case_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        status TEXT NOT NULL,
+        source TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX ignored_case ON ignored (case_id);
+    CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content BLOB NOT NULL
+    );
+    """,
+]
+
+_CASE_COLUMNS = (
+    "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
+    "status, prior_status, outcome, result, partner_ref, body_hash, applicant, payload, "
+    "attachments, recipients, created_at, updated_at, deadline, last_seq"
+)
+_EVENT_COLUMNS = (
+    "feed_id, event_id, case_id, seq, status, outcome, at, item_code, contract_version, "
+    "origin_region, handling_region, data"
+)
+_JOB_COLUMNS = "job_id, kind, case_id, region, data, state, attempts, next_attempt_at, last_error"
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _case_from_row(row: Sequence[Any]) -> CaseRecord:
+    return CaseRecord(
+        case_id=row[0],
+        request_id=row[1],
+        origin_region=row[2],
+        handling_region=row[3],
+        item_code=row[4],
+        contract_version=row[5],
+        mode=row[6],
+        status=Status(row[7]),
+        prior_status=Status(row[8]) if row[8] else None,
+        outcome=row[9],
+        result=orjson.loads(row[10]) if row[10] else None,
+        partner_ref=row[11],
+        body_hash=row[12],
+        applicant=orjson.loads(row[13]),
+        payload=orjson.loads(row[14]),
+        attachments=orjson.loads(row[15]),
+        recipients=orjson.loads(row[16]),
+        created_at=row[17],
+        updated_at=row[18],
+        deadline=row[19],
+        last_seq=row[20],
+    )
+
+
+def _case_row(c: CaseRecord) -> tuple[Any, ...]:
+    return (
+        c.case_id, c.request_id, c.origin_region, c.handling_region, c.item_code,
+        c.contract_version, c.mode, c.status.value,
+        c.prior_status.value if c.prior_status else None, c.outcome,
+        _dumps(c.result) if c.result is not None else None, c.partner_ref, c.body_hash,
+        _dumps(c.applicant), _dumps(c.payload), _dumps(c.attachments), _dumps(c.recipients),
+        c.created_at, c.updated_at, c.deadline, c.last_seq,
+    )  # fmt: skip
+
+
+def _event_from_row(row: Sequence[Any]) -> EventRecord:
+    return EventRecord(
+        feed_id=row[0],
+        event_id=row[1],
+        case_id=row[2],
+        seq=row[3],
+        status=row[4],
+        outcome=row[5],
+        at=row[6],
+        item_code=row[7],
+        contract_version=row[8],
+        origin_region=row[9],
+        handling_region=row[10],
+        data=orjson.loads(row[11]),
+    )
+
+
+def _event_row(e: EventRecord) -> tuple[Any, ...]:
+    return (
+        e.event_id, e.case_id, e.seq, e.status, e.outcome, e.at, e.item_code,
+        e.contract_version, e.origin_region, e.handling_region, _dumps(e.data),
+    )  # fmt: skip
+
+
+def _job_from_row(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        job_id=row[0],
+        kind=row[1],
+        case_id=row[2],
+        region=row[3],
+        data=orjson.loads(row[4]),
+        state=row[5],
+        attempts=row[6],
+        next_attempt_at=row[7],
+        last_error=row[8],
+    )
+
+
+class _Batch:
+    """Rows collected while applying one group of operations, flushed with executemany."""
+
+    def __init__(self, cases: dict[str, CaseRecord], now: float) -> None:
+        self.now = now
+        self.cases = cases  # every case this group touches, as it stands inside the group
+        self.new_cases: list[CaseRecord] = []
+        self.changed: set[str] = set()
+        self.events: list[EventRecord] = []
+        self.cursors: list[tuple[str, str, int, float]] = []
+        self.heads: dict[str, int] = {}
+        self.jobs: list[tuple[Any, ...]] = []
+        self.cancel_jobs: list[str] = []
+        self.finish: list[FinishJob] = []
+        self.ignored: list[tuple[Any, ...]] = []
+        self.acks: list[Ack] = []
+        self.failed: list[DeliveryFailed] = []
+        self.replays: list[str] = []
+        self.blobs: list[tuple[str, str, int, bytes]] = []
+
+
+class SqliteStore:
+    """:class:`gateway.store.base.Store` on SQLite."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", max_group: int = 512) -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.max_group = max_group
+        self.ready = False
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]] = (
+            asyncio.Queue(maxsize=10_000)
+        )
+        self._committer: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._w = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._w.execute("PRAGMA journal_mode=WAL")
+        await self._w.execute(f"PRAGMA synchronous={self.synchronous}")
+        await self._w.execute("PRAGMA busy_timeout=10000")
+        await self._w.execute("PRAGMA foreign_keys=ON")
+        await self._migrate(self._w)
+        # A previous process of this database is gone: its leases go with it.
+        await self._w.execute("UPDATE jobs SET lease_until = 0, lease_owner = NULL")
+        await self._w.execute("UPDATE cursors SET lease_until = 0, lease_owner = NULL")
+        self._r = await aiosqlite.connect(self.path, isolation_level=None)
+        await self._r.execute("PRAGMA busy_timeout=10000")
+        await self._r.execute("PRAGMA query_only=ON")
+        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-group-commit")
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._committer:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        while not self._queue.empty():
+            _, _, fut = self._queue.get_nowait()
+            if not fut.done():
+                fut.set_exception(RuntimeError("store closed"))
+        for conn in (self._r, self._w):
+            if conn is not None:
+                await conn.close()
+        self._r = self._w = None
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        current = row[0] if row and row[0] is not None else 0
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await db.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, script.split(";")):
+                await db.execute(statement)
+            await db.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            await db.execute("COMMIT")
+            log.info("applied store migration %d", number)
+
+    @property
+    def _wdb(self) -> aiosqlite.Connection:
+        if self._w is None:
+            raise RuntimeError("store is not open")
+        return self._w
+
+    @property
+    def _rdb(self) -> aiosqlite.Connection:
+        if self._r is None:
+            raise RuntimeError("store is not open")
+        return self._r
+
+    # ---- writes: group commit -------------------------------------------------------------
+
+    async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
+        fut: asyncio.Future[list[OpResult]] = asyncio.get_running_loop().create_future()
+        await self._queue.put((ops, now, fut))
+        return await fut
+
+    async def _commit_loop(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self.max_group and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            await self._commit_group(group)
+
+    async def _commit_group(
+        self, group: list[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]]
+    ) -> None:
+        try:
+            results = await self._transaction([(ops, now) for ops, now, _ in group])
+        except Exception:
+            if len(group) == 1:
+                log.exception("store write failed")
+                _settle(group[0][2], exc=RuntimeError("store write failed"))
+                return
+            for item in group:  # isolate the caller that broke the group
+                await self._commit_group([item])
+            return
+        for (_, _, fut), result in zip(group, results, strict=True):
+            _settle(fut, result=result)
+
+    async def _transaction(self, lists: list[tuple[Sequence[Op], float]]) -> list[list[OpResult]]:
+        async with self._lock:
+            db = self._wdb
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                now = max(n for _, n in lists)
+                batch = _Batch(await self._load_cases(db, lists), now)
+                results = [[self._apply(op, batch, n) for op in ops] for ops, n in lists]
+                await self._flush(db, batch)
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return results
+
+    async def _load_cases(
+        self, db: aiosqlite.Connection, lists: list[tuple[Sequence[Op], float]]
+    ) -> dict[str, CaseRecord]:
+        ids = {op.case_id for ops, _ in lists for op in ops if isinstance(op, Transition | Replay)}
+        keys = {
+            (op.case.origin_region, op.case.request_id)
+            for ops, _ in lists
+            for op in ops
+            if isinstance(op, Submit)
+        }
+        found: dict[str, CaseRecord] = {}
+        for chunk in _chunks(sorted(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
+            async with db.execute(sql, chunk) as cur:
+                for row in await cur.fetchall():
+                    found[row[0]] = _case_from_row(row)
+        for chunk_keys in _chunks(sorted(keys), 400):
+            where = " OR ".join("(origin_region = ? AND request_id = ?)" for _ in chunk_keys)
+            params = [v for k in chunk_keys for v in k]
+            async with db.execute(
+                f"SELECT {_CASE_COLUMNS} FROM cases WHERE {where}", params
+            ) as cur:
+                for row in await cur.fetchall():
+                    found["req:" + row[2] + ":" + row[1]] = _case_from_row(row)
+        return found
+
+    # ---- applying operations (pure over the batch) ----------------------------------------
+
+    def _apply(self, op: Op, b: _Batch, now: float) -> OpResult:
+        if isinstance(op, Submit):
+            return self._apply_submit(op, b)
+        if isinstance(op, Transition):
+            return self._apply_transition(op, b, now)
+        if isinstance(op, FinishJob):
+            b.finish.append(op)
+            return None
+        if isinstance(op, Ack):
+            b.acks.append(op)
+            return None
+        if isinstance(op, DeliveryFailed):
+            b.failed.append(op)
+            return None
+        b.replays.append(op.case_id)
+        return None
+
+    def _apply_submit(self, op: Submit, b: _Batch) -> SubmitResult:
+        key = "req:" + op.case.origin_region + ":" + op.case.request_id
+        existing = b.cases.get(key)
+        if existing is not None:
+            same = existing.body_hash == op.case.body_hash
+            return SubmitResult("existing" if same else "conflict", existing)
+        b.cases[key] = b.cases[op.case.case_id] = op.case
+        b.new_cases.append(op.case)
+        b.events.append(op.first_event)
+        for recipient in op.case.recipients:
+            b.cursors.append((recipient, op.case.case_id, op.first_event.seq, b.now))
+        for job in op.jobs:
+            b.jobs.append(self._job_row(op.case.case_id, job.kind, job.region, job.data, b.now))
+        for sha, media_type, content in op.blobs:
+            b.blobs.append((sha, media_type, len(content), content))
+        return SubmitResult("created", op.case)
+
+    @staticmethod
+    def _job_row(case_id: str, kind: str, region: str, data: Any, now: float) -> tuple[Any, ...]:
+        return (kind, case_id, region, _dumps(data), "pending", now, now, now)
+
+    def _apply_transition(self, t: Transition, b: _Batch, now: float) -> TransitionResult:
+        case = b.cases.get(t.case_id)
+        if case is None:
+            return TransitionResult(False, "no such case")
+        if (t.handler and case.handling_region != t.handler) or (
+            t.origin and case.origin_region != t.origin
+        ):
+            return TransitionResult(False, "no such case")  # never confirm another's case
+        target = t.status
+        if target == "resume":
+            if case.status is not Status.SUPPLEMENT_REQUIRED:
+                return self._ignore(t, case, b, "case is not waiting for a supplement")
+            target = lifecycle.resume_status(case.prior_status or Status.DISPATCHED)
+        outcome = lifecycle.Outcome(t.outcome) if t.outcome else None
+        verdict = lifecycle.check(case.status, target, outcome)
+        if not verdict.allowed:
+            return self._ignore(t, case, b, verdict.reason)
+        event = EventRecord(
+            event_id=t.event_id,
+            case_id=case.case_id,
+            seq=case.last_seq + 1,
+            status=target.value,
+            outcome=t.outcome,
+            at=t.at,
+            item_code=case.item_code,
+            contract_version=case.contract_version,
+            origin_region=case.origin_region,
+            handling_region=case.handling_region,
+            data=t.data,
+        )
+        updated = replace(
+            case,
+            status=target,
+            prior_status=case.status if target is Status.SUPPLEMENT_REQUIRED else case.prior_status,
+            outcome=t.outcome if target is Status.COMPLETED else case.outcome,
+            result=t.result if t.result is not None else case.result,
+            partner_ref=t.partner_ref or case.partner_ref,
+            updated_at=now,
+            last_seq=event.seq,
+        )
+        b.cases[case.case_id] = updated
+        b.changed.add(case.case_id)
+        b.events.append(event)
+        b.heads[case.case_id] = event.seq
+        if t.cancel_pending_jobs:
+            b.cancel_jobs.append(case.case_id)
+        for job in t.jobs:
+            if job.only_if_partner_has_case and not lifecycle.partner_has_case(case.status):
+                continue
+            b.jobs.append(self._job_row(case.case_id, job.kind, job.region, job.data, now))
+        return TransitionResult(True, "", updated, event)
+
+    @staticmethod
+    def _ignore(t: Transition, case: CaseRecord, b: _Batch, reason: str) -> TransitionResult:
+        status = t.status if isinstance(t.status, str) else t.status.value
+        b.ignored.append((case.case_id, t.at, str(status), t.source, reason))
+        return TransitionResult(False, reason, case)
+
+    async def _flush(self, db: aiosqlite.Connection, b: _Batch) -> None:
+        marks = ",".join("?" * 21)
+        if b.new_cases:
+            await db.executemany(
+                f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES ({marks})",
+                [_case_row(c) for c in b.new_cases],
+            )
+        new_ids = {c.case_id for c in b.new_cases}
+        changed = [b.cases[i] for i in b.changed if i not in new_ids]
+        if changed:
+            await db.executemany(
+                "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, partner_ref=?, "
+                "updated_at=?, last_seq=? WHERE case_id=?",
+                [
+                    (
+                        c.status.value,
+                        c.prior_status.value if c.prior_status else None,
+                        c.outcome,
+                        _dumps(c.result) if c.result is not None else None,
+                        c.partner_ref,
+                        c.updated_at,
+                        c.last_seq,
+                        c.case_id,
+                    )
+                    for c in changed
+                ],
+            )
+        for c in b.new_cases:  # a transition inside the same group as the submit
+            if c.case_id in b.changed:
+                u = b.cases[c.case_id]
+                await db.execute(
+                    "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, "
+                    "partner_ref=?, updated_at=?, last_seq=? WHERE case_id=?",
+                    (
+                        u.status.value,
+                        u.prior_status.value if u.prior_status else None,
+                        u.outcome,
+                        _dumps(u.result) if u.result is not None else None,
+                        u.partner_ref,
+                        u.updated_at,
+                        u.last_seq,
+                        u.case_id,
+                    ),
+                )
+        if b.events:
+            await db.executemany(
+                "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "
+                "contract_version, origin_region, handling_region, data) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [_event_row(e) for e in b.events],
+            )
+        if b.cursors:
+            await db.executemany(
+                "INSERT INTO cursors (recipient, case_id, head_seq, next_attempt_at) "
+                "VALUES (?,?,?,?)",
+                b.cursors,
+            )
+        if b.heads:
+            await db.executemany(
+                "UPDATE cursors SET next_attempt_at = CASE WHEN acked_seq >= head_seq THEN ? "
+                "ELSE next_attempt_at END, head_seq = ? WHERE case_id = ?",
+                [(b.now, seq, case_id) for case_id, seq in b.heads.items()],
+            )
+        if b.cancel_jobs:
+            await db.executemany(
+                "UPDATE jobs SET state='cancelled', updated_at=? WHERE case_id=? AND "
+                "state='pending'",
+                [(b.now, case_id) for case_id in b.cancel_jobs],
+            )
+        if b.jobs:
+            await db.executemany(
+                "INSERT INTO jobs (kind, case_id, region, data, state, next_attempt_at, "
+                "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                b.jobs,
+            )
+        await self._flush_jobs_and_deliveries(db, b)
+
+    async def _flush_jobs_and_deliveries(self, db: aiosqlite.Connection, b: _Batch) -> None:
+        if b.finish:
+            await db.executemany(
+                "UPDATE jobs SET state = CASE WHEN ?='retry' THEN 'pending' ELSE ? END, "
+                "attempts = attempts + CASE WHEN ?='done' THEN 0 ELSE 1 END, "
+                "next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = 0, "
+                "updated_at = ? WHERE job_id = ? AND state = 'pending'",
+                [
+                    (f.state, f.state, f.state, f.next_attempt_at, f.error, b.now, f.job_id)
+                    for f in b.finish
+                ],
+            )
+        if b.acks:
+            await db.executemany(
+                "UPDATE cursors SET acked_seq = max(acked_seq, ?), attempts = 0, last_error = "
+                "NULL, lease_owner = NULL, lease_until = 0, next_attempt_at = ? "
+                "WHERE recipient = ? AND case_id = ?",
+                [(a.seq, b.now, a.recipient, a.case_id) for a in b.acks],
+            )
+        if b.failed:
+            await db.executemany(
+                "UPDATE cursors SET attempts = attempts + 1, last_error = ?, lease_owner = NULL, "
+                "lease_until = 0, next_attempt_at = ? WHERE recipient = ? AND case_id = ?",
+                [(f.error, f.next_attempt_at, f.recipient, f.case_id) for f in b.failed],
+            )
+        if b.replays:
+            await db.executemany(
+                "UPDATE jobs SET state='pending', attempts=0, next_attempt_at=?, updated_at=? "
+                "WHERE case_id=? AND state='dead'",
+                [(b.now, b.now, case_id) for case_id in b.replays],
+            )
+        if b.ignored:
+            await db.executemany(
+                "INSERT INTO ignored (case_id, at, status, source, reason) VALUES (?,?,?,?,?)",
+                b.ignored,
+            )
+        if b.blobs:
+            await db.executemany(
+                "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content) VALUES (?,?,?,?)",
+                b.blobs,
+            )
+
+    # ---- claims ---------------------------------------------------------------------------
+
+    async def claim_jobs(
+        self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        async with self._lock:
+            db = self._wdb
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for region, quota in quotas.items():
+                    if quota <= 0:
+                        continue
+                    async with db.execute(
+                        "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id IN ("
+                        "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
+                        "next_attempt_at <= ? AND lease_until < ? "
+                        "ORDER BY next_attempt_at, job_id LIMIT ?) "
+                        f"RETURNING {_JOB_COLUMNS}",
+                        (owner, now + lease, region, now, now, quota),
+                    ) as cur:
+                        claimed.extend(_job_from_row(r) for r in await cur.fetchall())
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        return sorted(claimed, key=lambda j: j.job_id)
+
+    async def claim_deliveries(
+        self,
+        owner: str,
+        now: float,
+        lease: float,
+        limit: int,
+        skip: Sequence[str],
+        max_events: int,
+    ) -> list[DeliveryClaim]:
+        skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        async with (
+            self._lock,
+            self._wdb.execute(
+                "UPDATE cursors SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
+                "SELECT rowid FROM cursors WHERE head_seq > acked_seq AND next_attempt_at <= ? "
+                f"AND lease_until < ? {skip_sql} ORDER BY next_attempt_at LIMIT ?) "
+                "RETURNING recipient, case_id, acked_seq, head_seq, attempts",
+                (owner, now + lease, now, now, *skip, limit),
+            ) as cur,
+        ):
+            rows = list(await cur.fetchall())
+        if not rows:
+            return []
+        wanted = {
+            (r[1], s) for r in rows for s in range(r[2] + 1, min(r[3], r[2] + max_events) + 1)
+        }
+        events = await self._events_for(sorted({r[1] for r in rows}), wanted)
+        return [
+            DeliveryClaim(
+                recipient=r[0],
+                case_id=r[1],
+                attempts=r[4],
+                events=[
+                    events[(r[1], s)]
+                    for s in range(r[2] + 1, min(r[3], r[2] + max_events) + 1)
+                    if (r[1], s) in events
+                ],
+            )
+            for r in rows
+        ]
+
+    async def _events_for(
+        self, case_ids: list[str], wanted: set[tuple[str, int]]
+    ) -> dict[tuple[str, int], EventRecord]:
+        found: dict[tuple[str, int], EventRecord] = {}
+        for chunk in _chunks(case_ids, 500):
+            marks = ",".join("?" * len(chunk))
+            min_seq = min(s for (c, s) in wanted if c in set(chunk))
+            async with self._rdb.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id IN ({marks}) AND seq >= ?",
+                (*chunk, min_seq),
+            ) as cur:
+                for row in await cur.fetchall():
+                    if (row[2], row[3]) in wanted:
+                        found[(row[2], row[3])] = _event_from_row(row)
+        return found
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def get_case(self, case_id: str) -> CaseDetail | None:
+        db = self._rdb
+        async with db.execute(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?", (case_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        async with db.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id = ? ORDER BY seq", (case_id,)
+        ) as cur:
+            events = [_event_from_row(r) for r in await cur.fetchall()]
+        async with db.execute(
+            "SELECT recipient, case_id, acked_seq, head_seq, attempts, next_attempt_at, last_error "
+            "FROM cursors WHERE case_id = ? ORDER BY recipient",
+            (case_id,),
+        ) as cur:
+            cursors = [CursorRecord(*r) for r in await cur.fetchall()]
+        async with db.execute(
+            "SELECT case_id, at, status, source, reason FROM ignored WHERE case_id = ? ORDER BY id",
+            (case_id,),
+        ) as cur:
+            ignored = [IgnoredRecord(*r) for r in await cur.fetchall()]
+        return CaseDetail(_case_from_row(row), events, cursors, ignored)
+
+    async def cases(self, case_ids: Sequence[str]) -> dict[str, CaseRecord]:
+        found: dict[str, CaseRecord] = {}
+        for chunk in _chunks(list(case_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
+            async with self._rdb.execute(sql, chunk) as cur:
+                found.update({r[0]: _case_from_row(r) for r in await cur.fetchall()})
+        return found
+
+    async def list_cases(self, flt: CaseFilter, limit: int, before: str | None) -> list[CaseRecord]:
+        where, params = [], []
+        if flt.region:
+            where.append("(origin_region = ? OR handling_region = ?)")
+            params += [flt.region, flt.region]
+        if flt.status:
+            where.append("status = ?")
+            params.append(flt.status)
+        if flt.item_code:
+            where.append("item_code = ?")
+            params.append(flt.item_code)
+        if before:
+            where.append("case_id < ?")
+            params.append(before)
+        sql = f"SELECT {_CASE_COLUMNS} FROM cases"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY case_id DESC LIMIT ?"
+        async with self._rdb.execute(sql, (*params, limit)) as cur:
+            return [_case_from_row(r) for r in await cur.fetchall()]
+
+    async def feed(self, region: str, after: int, limit: int) -> list[EventRecord]:
+        async with self._rdb.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE feed_id IN ("
+            "SELECT feed_id FROM events WHERE origin_region = ? AND feed_id > ? "
+            "UNION SELECT feed_id FROM events WHERE handling_region = ? AND feed_id > ?) "
+            "ORDER BY feed_id LIMIT ?",
+            (region, after, region, after, limit),
+        ) as cur:
+            return [_event_from_row(r) for r in await cur.fetchall()]
+
+    async def find_by_partner_ref(self, region: str, refs: Sequence[str]) -> Mapping[str, str]:
+        found: dict[str, str] = {}
+        for chunk in _chunks(list(refs), 500):
+            marks = ",".join("?" * len(chunk))
+            async with self._rdb.execute(
+                f"SELECT partner_ref, case_id FROM cases WHERE handling_region = ? "
+                f"AND partner_ref IN ({marks})",
+                (region, *chunk),
+            ) as cur:
+                found.update({r[0]: r[1] for r in await cur.fetchall()})
+        return found
+
+    async def dead_jobs(self, limit: int) -> list[JobRecord]:
+        async with self._rdb.execute(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'dead' ORDER BY updated_at DESC "
+            "LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [_job_from_row(r) for r in await cur.fetchall()]
+
+    async def get_blob(self, sha256: str) -> bytes | None:
+        async with self._rdb.execute(
+            "SELECT content FROM blobs WHERE sha256 = ?", (sha256,)
+        ) as cur:
+            row = await cur.fetchone()
+        return bytes(row[0]) if row else None
+
+    async def stats(self, now: float) -> Mapping[str, float]:
+        db = self._rdb
+        out: dict[str, float] = {}
+        async with db.execute(
+            "SELECT count(*), min(created_at) FROM jobs WHERE state = 'pending'"
+        ) as cur:
+            row = await cur.fetchone()
+        out["jobs_pending"] = float(row[0]) if row else 0.0
+        out["jobs_oldest_pending_seconds"] = now - row[1] if row and row[1] else 0.0
+        async with db.execute("SELECT count(*) FROM jobs WHERE state = 'dead'") as cur:
+            row = await cur.fetchone()
+        out["jobs_dead"] = float(row[0]) if row else 0.0
+        async with db.execute(
+            "SELECT count(*), coalesce(sum(head_seq - acked_seq), 0) FROM cursors "
+            "WHERE head_seq > acked_seq"
+        ) as cur:
+            row = await cur.fetchone()
+        out["deliveries_waiting_cases"] = float(row[0]) if row else 0.0
+        out["deliveries_waiting_events"] = float(row[1]) if row else 0.0
+        return out
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _settle(
+    fut: asyncio.Future[list[OpResult]],
+    result: list[OpResult] | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result or [])

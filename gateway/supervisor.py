@@ -1,0 +1,60 @@
+"""Supervised background tasks: restarted with backoff if they crash, cancelled on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Runs long-lived coroutines; a crash is logged and the coroutine started again."""
+
+    def __init__(self, max_restart_delay: float = 10.0) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._max_delay = max_restart_delay
+        self.restarts: dict[str, int] = {}
+
+    def start(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        self._tasks[name] = asyncio.create_task(self._keep(name, factory), name=name)
+
+    async def _keep(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                log.exception("background task %s crashed; restarting in %.1fs", name, delay)
+                await asyncio.sleep(delay)
+                delay = min(self._max_delay, delay * 2)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    def alive(self) -> bool:
+        return all(not t.done() for t in self._tasks.values())
+
+
+class Signal:
+    """A wake-up flag for a worker loop: set by producers, awaited with a timeout."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+        self._event.clear()

@@ -1,0 +1,186 @@
+"""Shared test machinery: a gateway with real simulators on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import orjson
+
+from gateway.app import Gateway
+from gateway.config import Config, parse
+from gateway.identifiers import id_check_char
+from gateway.signing import sign_headers
+from gateway.simulator import ProvinceSimulator, SimulatorSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRACTS = ROOT / "contracts"
+OPERATOR_TOKEN = "test-operator-token"
+ORIGIN, HANDLER = "330000", "510000"
+KEYS = {ORIGIN: ("zj-test-01", "zj-test-secret-0000001"), HANDLER: ("sc-test-01", "sc-test-secret-0000001")}
+CALLBACK = {ORIGIN: "zj-callback-secret-01", HANDLER: "sc-callback-secret-01"}
+HUB_SECRET = "hub-secret-000001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def citizen_id(prefix17: str = "11010519491231002") -> str:
+    return prefix17 + id_check_char(prefix17)
+
+
+def medical_filing(request_id: str, **overrides: Any) -> dict[str, Any]:
+    """A valid 异地就医登记备案 (KSTB-YB-001) submission, routed to Sichuan."""
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "item_code": "KSTB-YB-001",
+        "applicant": {"id_type": "111", "id_number": citizen_id(), "name": "张三",
+                      "phone": "13800000000"},
+        "payload": {
+            "insured_region": "510100",
+            "insurance_type": "310",
+            "filing_type": "11",
+            "treatment_region": "330100",
+            "start_date": "2026-12-01",
+            "contact_phone": "13800000000",
+            "commitment_signed": True,
+        },
+    }  # fmt: skip
+    body.update(overrides)
+    return body
+
+
+def gateway_config(
+    store: str, port: int, sim_ports: dict[str, int], hub_port: int, **gateway: Any
+) -> Config:
+    raw: dict[str, Any] = {
+        "gateway": {
+            "listen": f"127.0.0.1:{port}",
+            "store": store,
+            "contracts": str(CONTRACTS),
+            "retry": {"base_seconds": 0.05, "cap_seconds": 0.5, "max_attempts": 200},
+            **gateway,
+        },
+        "national_hub": {"url": f"http://127.0.0.1:{hub_port}/events", "secret": HUB_SECRET},
+        "operators": [
+            {
+                "name": "ops",
+                "token_sha256": hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest(),
+                "role": "admin",
+            }
+        ],
+        "partners": [
+            {
+                "region": region,
+                "name": f"platform {region}",
+                "callback_url": f"http://127.0.0.1:{p}/events",
+                "callback_secret": CALLBACK[region],
+                "keys": {KEYS[region][0]: KEYS[region][1]},
+                "adapter": {"kind": "rest_json", "base_url": f"http://127.0.0.1:{p}"},
+            }
+            for region, p in sim_ports.items()
+        ],
+    }
+    return parse(raw, "test config")
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 30.0, what: str = ""
+) -> None:
+    """Poll a condition every 20 ms until it holds; fail after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Client:
+    """A province's platform calling the gateway, signing every request."""
+
+    session: aiohttp.ClientSession
+    base: str
+    region: str
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        headers: dict[str, str] | None = None, sign: bool = True,
+    ) -> tuple[int, Any, dict[str, str]]:
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else b"")
+        h = {"Content-Type": "application/json"} if data else {}
+        if sign:
+            key_id, secret = KEYS[self.region]
+            h.update(sign_headers(key_id, secret, method, path, data))
+        h.update(headers or {})
+        async with self.session.request(method, self.base + path, data=data, headers=h) as r:
+            text = await r.read()
+            parsed = orjson.loads(text) if text and r.content_type.endswith("json") else text
+            return r.status, parsed, dict(r.headers)
+
+    async def case(self, case_id: str) -> dict[str, Any]:
+        status, body, _ = await self.call("GET", f"/v1/cases/{case_id}")
+        assert status == 200, body
+        return dict(body)
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    config: Config
+    sims: dict[str, ProvinceSimulator]
+    hub: ProvinceSimulator
+    origin: Client
+    handler: Client
+    session: aiohttp.ClientSession
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def simulator(region: str, port: int, gw_port: int, **kw: Any) -> ProvinceSimulator:
+    return ProvinceSimulator(
+        SimulatorSettings(
+            region=region, gateway_url=f"http://127.0.0.1:{gw_port}", key_id=KEYS[region][0],
+            secret=KEYS[region][1], callback_secret=CALLBACK[region], latency=0.01,
+            report_batch_window=0.01, retry_backoff=0.05, retry_backoff_max=0.3, **kw,
+        )
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def world(tmp_path: Path, **gateway: Any) -> AsyncIterator[World]:
+    gw_port, hub_port = free_port(), free_port()
+    ports = {ORIGIN: free_port(), HANDLER: free_port()}
+    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", gw_port, ports, hub_port, **gateway)
+    sims = {r: simulator(r, p, gw_port) for r, p in ports.items()}
+    hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
+    for r, sim in sims.items():
+        await sim.start("127.0.0.1", ports[r])
+    await hub.start("127.0.0.1", hub_port)
+    gw = Gateway(config, poll_interval=0.05)
+    await gw.start()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    base = f"http://127.0.0.1:{gw_port}"
+    try:
+        yield World(gw, config, sims, hub, Client(session, base, ORIGIN),
+                    Client(session, base, HANDLER), session)  # fmt: skip
+    finally:
+        await session.close()
+        await gw.stop()
+        for sim in [*sims.values(), hub]:
+            await sim.stop()
