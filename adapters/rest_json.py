@@ -13,6 +13,7 @@ Native protocol (the shape most provincial JSON platforms share; names are confi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -51,6 +52,7 @@ class RestJsonSettings(AdapterSettings):
     field_map: dict[str, str] = Field(default_factory=dict, description="our name → theirs")
     status_codes: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_STATUS_CODES))
     approved_values: list[str] = Field(default_factory=lambda: ["approved", "1", "准予"])
+    denied_values: list[str] = Field(default_factory=lambda: ["denied", "0", "2", "不予"])
     ok_codes: list[str] = Field(default_factory=lambda: ["0", "200"])
     busy_codes: list[str] = Field(default_factory=lambda: ["BUSY", "429", "503"])
     auth_header: str | None = None
@@ -119,7 +121,7 @@ class RestJsonAdapter:
     ) -> Outcome:
         """HTTP status and body → outcome. Pure; errors carry codes, never the request's data."""
         if status == 429 or status >= 500:
-            delay = float(retry_after) if retry_after and retry_after.isdigit() else None
+            delay = float(retry_after) if retry_after and _SECONDS.fullmatch(retry_after) else None
             return Retryable(f"partner answered HTTP {status}", delay)
         try:
             answer = orjson.loads(raw) if raw else {}
@@ -129,14 +131,18 @@ class RestJsonAdapter:
             return Retryable(f"partner answered HTTP {status} with an unexpected JSON shape")
         code = str(answer.get("code", "0" if status < 300 else status))
         if code in self.settings.busy_codes:
-            return Retryable(f"partner busy (code {code})")
+            return Retryable(f"partner busy (code {_printable(code)})")
         if status >= 400 or code not in self.settings.ok_codes:
-            return Permanent(f"partner refused the request (HTTP {status}, code {code})")
+            return Permanent(
+                f"partner refused the request (HTTP {status}, code {_printable(code)})"
+            )
         ref = answer.get("ticket")
         updates: tuple[StatusUpdate, ...] = ()
         if answer.get("statusCode") is not None:
-            update = self._update(answer, case.case_id)
-            updates = (update,) if update else ()
+            try:
+                updates = (self._update(answer, case.case_id),)
+            except ValueError:
+                updates = ()  # the answer's status is unreadable; its later reports will tell
         return Accepted(partner_ref=str(ref) if ref else None, updates=updates)
 
     # -- inbound ----------------------------------------------------------------------------
@@ -153,28 +159,48 @@ class RestJsonAdapter:
         for i, report in enumerate(reports):
             if not isinstance(report, dict):
                 raise ValueError(f"reports[{i}] is not an object")
-            update = self._update(report, None)
-            if update is None:
-                raise ValueError(f"reports[{i}].statusCode is not a known status code")
-            updates.append(update)
+            try:
+                updates.append(self._update(report, None))
+            except ValueError as exc:
+                raise ValueError(f"reports[{i}].{exc}") from None
         return updates
 
-    def _update(self, report: Mapping[str, Any], case_id: str | None) -> StatusUpdate | None:
+    def _update(self, report: Mapping[str, Any], case_id: str | None) -> StatusUpdate:
+        """One native report as a canonical update; ValueError names the bad field."""
         status = self.settings.status_codes.get(str(report.get("statusCode")))
         if status is None:
-            return None
+            raise ValueError("statusCode is not a known status code")
         outcome = None
         if status == "completed":
-            approved = str(report.get("outcome", "")) in self.settings.approved_values
-            outcome = "approved" if approved else "denied"
+            given = str(report.get("outcome", ""))
+            if given in self.settings.approved_values:
+                outcome = "approved"
+            elif given in self.settings.denied_values:
+                outcome = "denied"
+            else:
+                raise ValueError("outcome is neither an approved nor a denied value")
         data = report.get("result") or {}
+        if not isinstance(data, dict):
+            data = {"value": data}
         if status in ("rejected", "supplement_required") and report.get("message"):
-            data = {**data, "message": report["message"]}
+            data = {**data, "message": str(report["message"])}
+        given_case = report.get("caseId")
+        if given_case is not None and not isinstance(given_case, str):
+            raise ValueError("caseId is not a string")
         return StatusUpdate(
             status=status,
-            case_id=report.get("caseId") or case_id,
+            case_id=given_case or case_id,
             partner_ref=str(report["ticket"]) if report.get("ticket") else None,
             outcome=outcome,
-            data=data if isinstance(data, dict) else {"value": data},
+            data=data,
             partner_event_id=str(report["eventId"]) if report.get("eventId") else None,
         )
+
+
+_SECONDS = re.compile(r"[0-9]{1,9}")
+_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+def _printable(code: str) -> str:
+    """A partner's error code, only if it looks like a code: free text may quote the applicant."""
+    return code if _CODE.fullmatch(code) else "<not a code>"

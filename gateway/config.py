@@ -54,8 +54,8 @@ class GatewaySection(_Section):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, _, port = v.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError("must be HOST:PORT")
+        if not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT with a port from 0 to 65535")
         return v
 
     @property
@@ -143,6 +143,8 @@ def _resolve_env(node: Any, path: str) -> Any:
     if isinstance(node, dict):
         if set(node) == {"env"}:
             name = node["env"]
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{path}: env must name an environment variable")
             if name not in os.environ:
                 raise ConfigError(f"{path}: environment variable {name} is not set")
             return os.environ[name]
@@ -196,6 +198,10 @@ def load(path: Path) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (save the file as UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse(raw, str(path))

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from gateway.identifiers import CreditCode, IdNumber, RegionCode
 
@@ -51,8 +59,19 @@ class FieldSpec(BaseModel):
     @classmethod
     def _pattern_compiles(cls, v: str | None) -> str | None:
         if v is not None:
-            re.compile(v)
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from None
         return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> FieldSpec:
+        if self.type == "enum" and not self.values and not self.code_table:
+            raise ValueError("an enum needs values or a code_table")
+        if self.type == "object" and self.fields is None:
+            raise ValueError("an object needs fields")
+        return self
 
 
 class Routing(BaseModel):
@@ -121,6 +140,15 @@ class ContractList(BaseModel):
 
     _validators: dict[tuple[str, int], type[BaseModel]] = PrivateAttr(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _tables_exist(self) -> ContractList:
+        for code, item in self.items.items():
+            for v in item.versions:
+                for path, spec in _walk(v.fields, f"{code}.v{v.version}.fields"):
+                    if spec.code_table and spec.code_table not in self.code_tables:
+                        raise ValueError(f"{path}: unknown code table {spec.code_table!r}")
+        return self
+
     def validator(self, item_code: str, version: ContractVersion) -> type[BaseModel]:
         """The compiled payload model for one version, built on first use."""
         key = (item_code, version.version)
@@ -132,8 +160,22 @@ class ContractList(BaseModel):
         return cache[key]
 
 
+def _walk(fields: Mapping[str, FieldSpec], prefix: str) -> list[tuple[str, FieldSpec]]:
+    """Every field spec with its dotted path, nested objects and list elements included."""
+    out: list[tuple[str, FieldSpec]] = []
+    for name, spec in fields.items():
+        path = f"{prefix}.{name}"
+        out.append((path, spec))
+        if spec.fields:
+            out += _walk(spec.fields, path)
+        if spec.items:
+            out += _walk({"[]": spec.items}, path)
+    return out
+
+
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Python's re, the engine that checked the patterns when the contract was read.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, regex_engine="python-re")
 
 
 _SIMPLE: Mapping[str, Any] = {

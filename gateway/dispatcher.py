@@ -41,7 +41,18 @@ from gateway.ids import new_id
 from gateway.lifecycle import Status
 from gateway.retry import Circuit, backoff
 from gateway.service import CaseService
-from gateway.store.base import CaseRecord, FinishJob, JobRecord, Op, Store, Transition
+from gateway.store.base import (
+    CaseRecord,
+    Enqueue,
+    FinishJob,
+    JobRecord,
+    NewJob,
+    Op,
+    OpResult,
+    Store,
+    Transition,
+    TransitionResult,
+)
 from gateway.supervisor import Signal
 
 log = logging.getLogger(__name__)
@@ -123,9 +134,10 @@ class Dispatcher:
     async def _run_job(self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot) -> None:
         try:
             ops = await self._process(job, case, slot)
-            await self.store.write(ops, self.clock.now())
+            results = await self.store.write(ops, self.clock.now())
             if any(isinstance(op, Transition) for op in ops):
                 self.service.wake.deliver()
+            await self._compensate(job, ops, results)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -151,7 +163,7 @@ class Dispatcher:
             if job.attempts + 1 < self.retry.max_attempts:
                 delay = max(
                     backoff(job.attempts, self.retry.base_seconds, self.retry.cap_seconds),
-                    outcome.retry_after or 0.0,
+                    min(outcome.retry_after or 0.0, self.retry.cap_seconds),
                 )
                 return [FinishJob(job.job_id, "retry", now + delay, outcome.reason)]
             reason = f"retry budget spent after {job.attempts + 1} attempts: {outcome.reason}"
@@ -164,6 +176,22 @@ class Dispatcher:
         if job.kind == "submit":
             ops.append(self._transition(case, Status.FAILED, now, {"reason": reason}))
         return ops
+
+    async def _compensate(self, job: JobRecord, ops: list[Op], results: list[OpResult]) -> None:
+        """The partner took a case that was withdrawn while the call was in flight: the
+        ``dispatched`` transition was refused, so tell the partner of the withdrawal."""
+        for op, result in zip(ops, results, strict=True):
+            if (
+                isinstance(op, Transition)
+                and op.status is Status.DISPATCHED
+                and isinstance(result, TransitionResult)
+                and not result.applied
+                and result.case is not None
+                and result.case.status is Status.WITHDRAWN
+            ):
+                notice = NewJob("withdraw", job.region, {"reason": "withdrawn by the origin"})
+                await self.store.write([Enqueue(op.case_id, notice)], self.clock.now())
+                self.signal.set()
 
     def _accepted(
         self, job: JobRecord, case: CaseRecord, outcome: Accepted, now: float

@@ -9,6 +9,7 @@ Error messages never repeat the value: it may be a person's ID number.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated
 
@@ -30,6 +31,8 @@ PROVINCES: dict[str, str] = {
 }  # fmt: skip
 # Address codes of residence permits for Hong Kong, Macao and Taiwan residents.
 PERMIT_PREFIXES = ("810000", "820000", "830000")
+_ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
+_REGION_SHAPE = re.compile(r"[0-9]{6}")
 
 
 def id_check_char(first17: str) -> str:
@@ -40,7 +43,7 @@ def id_check_char(first17: str) -> str:
 
 def id_number_problem(value: str) -> str | None:
     """Why an eighteen-character citizen ID number is invalid, or None if it is valid."""
-    if len(value) != 18 or not value[:17].isdigit() or value[17] not in "0123456789X":
+    if not _ID_SHAPE.fullmatch(value):
         return "must be 17 digits followed by a digit or X"
     if not (value[:2] in PROVINCES or value.startswith(PERMIT_PREFIXES)):
         return "address code is not a known region"
@@ -72,7 +75,7 @@ def credit_code_problem(value: str) -> str | None:
 
 
 def region_problem(value: str) -> str | None:
-    if len(value) != 6 or not value.isdigit():
+    if not _REGION_SHAPE.fullmatch(value):
         return "must be a six-digit GB/T 2260 code"
     if value[:2] not in PROVINCES:
         return "province prefix is not a GB/T 2260 province"

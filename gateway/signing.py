@@ -21,8 +21,9 @@ NONCE_HEADER = "X-Tongban-Nonce"
 SIGNATURE_HEADER = "X-Tongban-Signature"
 
 WINDOW_SECONDS = 300
-NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-SIGNATURE_RE = re.compile(r"^(hmac-sha256|hmac-sm3)=([0-9a-f]{64})$")
+NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SIGNATURE_RE = re.compile(r"(hmac-sha256|hmac-sm3)=([0-9a-f]{64})")
+TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 # Digest names as hashlib knows them, per signature scheme.
 _DIGESTS = {"hmac-sha256": "sha256", "hmac-sm3": "sm3"}
 
@@ -151,11 +152,11 @@ def verify(
     secret = keys.get(key_id)
     if secret is None:
         raise SignatureError(f"unknown key id in {KEY_HEADER}")
-    if not ts.isdigit() or abs(int(ts) - now) > window:
+    if not TIMESTAMP_RE.fullmatch(ts) or abs(int(ts) - now) > window:
         raise SignatureError(f"{TIMESTAMP_HEADER} is outside ±{window} s of the gateway clock")
-    if not NONCE_RE.match(nonce):
+    if not NONCE_RE.fullmatch(nonce):
         raise SignatureError(f"{NONCE_HEADER} must be 16-64 characters of [A-Za-z0-9_-]")
-    m = SIGNATURE_RE.match(sig)
+    m = SIGNATURE_RE.fullmatch(sig)
     if not m:
         raise SignatureError(f"{SIGNATURE_HEADER} must be hmac-sha256=<hex> or hmac-sm3=<hex>")
     scheme = m.group(1)

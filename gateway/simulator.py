@@ -276,7 +276,7 @@ class ProvinceSimulator:
             # "1" (received), so a late retry cannot make the gateway go back in its lifecycle.
             self.counters["submit_repeats"] += 1
             return _json({"code": "0", "ticket": case.ticket, "statusCode": DISPATCHED})
-        simulate = form.get("_simulate")
+        simulate = form.get("_simulate") or _marker(str(body.get("requestId", "")))
         case = _Case(
             case_id=case_id,
             ticket=self._new_ticket(),
@@ -289,6 +289,13 @@ class ProvinceSimulator:
         case.task = self._spawn(self._process(case), f"case-{case.ticket}")
         log.info("simulator %s: case %s received as %s", self.settings.region, case_id, case.ticket)
         return _json({"code": "0", "ticket": case.ticket, "statusCode": DISPATCHED})
+
+    def partner_view(self, case_id: str) -> dict[str, Any] | None:
+        """What this partner holds of a case (None if it never took it): for tests and demo."""
+        case = self._cases.get(case_id)
+        if case is None:
+            return None
+        return {"ticket": case.ticket, "withdrawn": case.withdrawn, "finished": case.finished}
 
     def _find(self, ref: str) -> _Case | None:
         """By ticket, or by case id for a gateway that never learned the ticket."""
@@ -561,6 +568,13 @@ class ProvinceSimulator:
         if down is not None:
             self.set_down(down)
         return _json(self.control_state())
+
+
+def _marker(request_id: str) -> str | None:
+    """A scenario chosen by the origin's request id (``…-REJECT``, ``…-SUPPLEMENT``, ``…-DENY``),
+    for payloads whose contract admits no ``_simulate`` field."""
+    suffix = request_id.rsplit("-", 1)[-1].lower()
+    return suffix if suffix in ("reject", "supplement", "deny", "approve") else None
 
 
 def _event_problem(event: Any) -> str | None:

@@ -6,11 +6,11 @@ import asyncio
 import hashlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import orjson
@@ -25,7 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "contracts"
 OPERATOR_TOKEN = "test-operator-token"
 ORIGIN, HANDLER = "330000", "510000"
-KEYS = {ORIGIN: ("zj-test-01", "zj-test-secret-0000001"), HANDLER: ("sc-test-01", "sc-test-secret-0000001")}
+KEYS = {
+    ORIGIN: ("zj-test-01", "zj-test-secret-0000001"),
+    HANDLER: ("sc-test-01", "sc-test-secret-0000001"),
+}
 CALLBACK = {ORIGIN: "zj-callback-secret-01", HANDLER: "sc-callback-secret-01"}
 HUB_SECRET = "hub-secret-000001"
 
@@ -120,8 +123,14 @@ class Client:
     region: str
 
     async def call(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-        headers: dict[str, str] | None = None, sign: bool = True,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        sign: bool = True,
     ) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else b"")
         h = {"Content-Type": "application/json"} if data else {}

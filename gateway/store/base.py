@@ -206,13 +206,21 @@ class DeliveryFailed:
 
 
 @dataclass(frozen=True)
+class Enqueue:
+    """Add a job to a case outside any transition (e.g. a compensating withdrawal notice)."""
+
+    case_id: str
+    job: NewJob
+
+
+@dataclass(frozen=True)
 class Replay:
     """Send dead-lettered jobs of a case on again."""
 
     case_id: str
 
 
-Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay
+Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay | Enqueue
 OpResult = SubmitResult | TransitionResult | int | None
 
 

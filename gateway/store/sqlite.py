@@ -32,6 +32,7 @@ from gateway.store.base import (
     CursorRecord,
     DeliveryClaim,
     DeliveryFailed,
+    Enqueue,
     EventRecord,
     FinishJob,
     IgnoredRecord,
@@ -416,6 +417,10 @@ class SqliteStore:
             return None
         if isinstance(op, DeliveryFailed):
             b.failed.append(op)
+            return None
+        if isinstance(op, Enqueue):
+            j = op.job
+            b.jobs.append(self._job_row(op.case_id, j.kind, j.region, j.data, now))
             return None
         b.replays.append(op.case_id)
         return None

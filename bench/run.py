@@ -1,0 +1,612 @@
+"""Throughput, latency and memory of the gateway, in one run: ``python -m bench.run``.
+
+Everything runs as real processes on loopback: the gateway (``tongban serve --config FILE``, SQLite
+with ``synchronous=FULL`` in a temporary folder), province simulators (:mod:`bench.sim`), a bare
+aiohttp server (:mod:`bench.bare`) and wrk replaying pre-signed requests (``bench/replay.lua``).
+
+1. Accept: wrk sends distinct pre-signed ``POST /v1/cases`` (each nonce once) to the gateway
+   while its workers dispatch and deliver in the background; accepted cases/s counts only 202s.
+2. Bare: the same wrk command against a server that only reads the body and answers 202.
+3. End to end: a fresh gateway and simulators; M cases are submitted with bounded concurrency
+   and the clock stops when every case's five events (received, dispatched, accepted,
+   in_progress, completed) have reached both the origin and the national hub.
+
+The figures are printed and written to ``bench/out/latest.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.procs import ROOT, Proc, Processes, cpu_seconds, free_port, get, get_json, status_kb
+from gateway.identifiers import id_check_char
+from gateway.signing import (
+    KEY_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign_headers,
+)
+
+OUT = ROOT / "bench" / "out"
+LUA = ROOT / "bench" / "replay.lua"
+ORIGIN, HANDLER, HUB_REGION = "330000", "510000", "110000"
+KEYS = {
+    ORIGIN: ("zj-bench-01", "zj-bench-secret-000000001"),
+    HANDLER: ("sc-bench-01", "sc-bench-secret-000000001"),
+}
+CALLBACK = {ORIGIN: "zj-bench-callback-01", HANDLER: "sc-bench-callback-01"}
+HUB_SECRET = "hub-bench-secret-0001"
+EVENTS_PER_CASE = 5  # received, dispatched, accepted, in_progress, completed
+ACCEPT_RATIO_BAR = 0.3
+E2E_BAR = 300.0
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+def case_body(request_id: str) -> dict[str, Any]:
+    """A valid 异地就医登记备案 (KSTB-YB-001) submission; the contract routes it to Sichuan."""
+    prefix17 = "11010519491231002"
+    return {
+        "request_id": request_id,
+        "item_code": "KSTB-YB-001",
+        "applicant": {
+            "id_type": "111",
+            "id_number": prefix17 + id_check_char(prefix17),
+            "name": "张三",
+            "phone": "13800000000",
+        },
+        "payload": {
+            "insured_region": "510100",
+            "insurance_type": "310",
+            "filing_type": "11",
+            "treatment_region": "330100",
+            "start_date": "2026-12-01",
+            "contact_phone": "13800000000",
+            "commitment_signed": True,
+        },
+    }
+
+
+def signed_cases(count: int, tag: str) -> list[tuple[dict[str, str], bytes]]:
+    """``count`` distinct submissions from the origin, each with its own request id and nonce."""
+    key_id, secret = KEYS[ORIGIN]
+    out = []
+    for i in range(count):
+        body = orjson.dumps(case_body(f"ZJ-BENCH-{tag}-{i:07d}"))
+        out.append((sign_headers(key_id, secret, "POST", "/v1/cases", body), body))
+    return out
+
+
+def write_requests(path: Path, requests: list[tuple[dict[str, str], bytes]]) -> None:
+    """One request a line for replay.lua: key, timestamp, nonce, signature, body (tab-separated).
+
+    orjson escapes every control character inside strings, so a body holds no tab or newline.
+    """
+    with path.open("wb") as f:
+        for h, body in requests:
+            head = "\t".join(
+                (h[KEY_HEADER], h[TIMESTAMP_HEADER], h[NONCE_HEADER], h[SIGNATURE_HEADER])
+            )
+            f.write(head.encode() + b"\t" + body + b"\n")
+
+
+# ---- the world: gateway and simulators ------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: JSON's string escapes (ASCII only, \\uXXXX) are valid TOML basic strings."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return repr(value)
+
+
+def write_config(
+    folder: Path,
+    gw_port: int,
+    sim_ports: dict[str, int],
+    hub_port: int,
+    batch_callbacks: bool = False,
+) -> Path:
+    lines = [
+        "[gateway]",
+        f"listen = {_toml(f'127.0.0.1:{gw_port}')}",
+        f"store = {_toml('sqlite:///' + str(folder / 'tongban.db'))}",
+        f"contracts = {_toml(str(ROOT / 'contracts'))}",
+        "# sqlite_synchronous is left at its default, FULL.",
+        "rate_limit_per_second = 1e9",
+        "rate_limit_burst = 1000000000",
+        "",
+        "[national_hub]",
+        f"url = {_toml(f'http://127.0.0.1:{hub_port}/events')}",
+        f"secret = {_toml(HUB_SECRET)}",
+    ]
+    for region, port in sim_ports.items():
+        key_id, secret = KEYS[region]
+        lines += [
+            "",
+            "[[partners]]",
+            f"region = {_toml(region)}",
+            f"name = {_toml(f'platform {region}')}",
+            f"callback_url = {_toml(f'http://127.0.0.1:{port}/events')}",
+            f"callback_secret = {_toml(CALLBACK[region])}",
+            f"batch_callbacks = {_toml(batch_callbacks)}",
+            f"keys = {_toml({key_id: secret})}",
+            f"adapter = {_toml({'kind': 'rest_json', 'base_url': f'http://127.0.0.1:{port}'})}",
+        ]
+    path = folder / "tongban.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class World:
+    gateway: Proc
+    gateway_url: str
+    sims: dict[str, Proc]  # region (origin, handler, hub) → simulator
+    sim_urls: dict[str, str]
+
+    def all(self) -> list[Proc]:
+        return [self.gateway, *self.sims.values()]
+
+
+def start_world(procs: Processes, folder: Path, name: str, batch_callbacks: bool = False) -> World:
+    """Simulators for the origin, the handler and the hub, then the gateway; wait for all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gw_port, hub_port = free_port(), free_port()
+    ports = {ORIGIN: free_port(), HANDLER: free_port()}
+    gateway_url = f"http://127.0.0.1:{gw_port}"
+    config = write_config(folder, gw_port, ports, hub_port, batch_callbacks)
+    sims: dict[str, Proc] = {}
+    sim_urls: dict[str, str] = {}
+    for region, port in [*ports.items(), (HUB_REGION, hub_port)]:
+        key_id, secret = KEYS.get(region, ("hub-unused", "hub-unused-secret-0001"))
+        callback = CALLBACK.get(region, HUB_SECRET)
+        argv = [
+            sys.executable, "-m", "bench.sim", "--region", region,
+            "--listen", f"127.0.0.1:{port}", "--gateway", gateway_url, "--key-id", key_id,
+            "--secret", secret, "--callback-secret", callback, "--latency", "0.0",
+        ]  # fmt: skip
+        sims[region] = procs.start(f"{name}-sim-{region}", argv)
+        sim_urls[region] = f"http://127.0.0.1:{port}"
+    for region, sim in sims.items():
+        sim.wait_ready(sim_urls[region] + "/bench/totals")
+    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    gateway = procs.start(f"{name}-gateway", argv)
+    gateway.wait_ready(gateway_url + "/readyz", timeout=60.0)
+    return World(gateway, gateway_url, sims, sim_urls)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The gateway's Prometheus samples as ``name{labels}`` → value (comments dropped)."""
+    status, body = get(url + "/metrics", timeout=10.0)
+    if status != 200:
+        return {}
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def metric_sum(samples: dict[str, float], prefix: str, contains: str = "") -> float:
+    return sum(v for k, v in samples.items() if k.startswith(prefix) and contains in k)
+
+
+# ---- wrk ------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkRun:
+    figures: dict[str, Any]
+    text: str
+    cpu_seconds: float
+
+
+def run_wrk(wrk: str, url: str, requests_file: Path, args: argparse.Namespace, mode: str) -> WrkRun:
+    argv = [
+        wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+        "--timeout", "10s", "-s", str(LUA), url + "/v1/cases", "--",
+        str(requests_file), str(args.threads), mode,
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=args.duration + 120, check=False
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    figures: dict[str, Any] | None = None
+    text = []
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            figures = json.loads(line[len("BENCH_JSON ") :])
+        else:
+            text.append(line)
+    if figures is None:
+        raise RuntimeError(f"wrk printed no figures:\n{done.stdout}\n{done.stderr}")
+    seconds = figures["duration_us"] / 1e6
+    statuses: dict[str, int] = {k: int(v) for k, v in figures["statuses"].items()}
+    answered = sum(statuses.values())
+    ok = sum(v for k, v in statuses.items() if k.startswith("2"))
+    errors = sum(figures[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    figures.update(
+        seconds=seconds,
+        answered=answered,
+        requests_per_second=answered / seconds,
+        accepted=statuses.get("202", 0),
+        accepted_per_second=statuses.get("202", 0) / seconds,
+        non_2xx=answered - ok,
+        socket_errors=errors,
+        p50_ms=figures["p50_us"] / 1000,
+        p90_ms=figures["p90_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        wrk_cpu_seconds=cpu,
+        wrk_cpu_share=cpu / seconds,
+    )
+    return WrkRun(figures, "\n".join(text), cpu)
+
+
+# ---- phases ---------------------------------------------------------------------------------
+
+
+def accept_phase(
+    procs: Processes,
+    work: Path,
+    wrk: str,
+    args: argparse.Namespace,
+    requests_file: Path,
+    partners_up: bool = True,
+) -> dict[str, Any]:
+    """wrk against a fresh gateway; with ``partners_up=False`` the simulators are stopped
+    first, so the workers find every partner unreachable and (circuits open) mostly idle:
+    that isolates the cost of the submit path itself. A fresh gateway has a fresh nonce
+    cache and database, so both runs can replay the same requests file."""
+    name = "accept" if partners_up else "accept-idle"
+    world = start_world(procs, work / name, name, args.batch_callbacks)
+    try:
+        if not partners_up:
+            procs.stop(*world.sims.values())
+        gw_cpu = cpu_seconds(world.gateway.pid)
+        sim_cpu = sum(cpu_seconds(s.pid) for s in world.sims.values())
+        run = run_wrk(wrk, world.gateway_url, requests_file, args, "once")
+        f = run.figures
+        f["gateway_cpu_share"] = (cpu_seconds(world.gateway.pid) - gw_cpu) / f["seconds"]
+        f["simulators_cpu_share"] = (
+            sum(cpu_seconds(s.pid) for s in world.sims.values()) - sim_cpu
+        ) / f["seconds"]
+        samples = scrape(world.gateway_url)
+        f["dispatch_calls_meanwhile"] = metric_sum(samples, "tongban_dispatch_calls_total")
+        f["callback_posts_meanwhile"] = metric_sum(samples, "tongban_deliveries_total")
+        f["gateway_vm_hwm_kb"] = status_kb(world.gateway.pid, "VmHWM")
+        what = "partners up" if partners_up else "partners unreachable"
+        print(f"\n--- wrk against the gateway ({what}) ---")
+        print(run.text)
+        if f["exhausted"]:
+            print("warning: wrk sent every pre-signed request; raise --requests")
+        return f
+    finally:
+        procs.stop(*world.all())
+
+
+def bare_phase(
+    procs: Processes, wrk: str, args: argparse.Namespace, requests_file: Path
+) -> dict[str, Any]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bare = procs.start(
+        "bare", [sys.executable, "-m", "bench.bare", "--listen", f"127.0.0.1:{port}"]
+    )
+    try:
+        bare.wait_ready(url + "/readyz")
+        before = cpu_seconds(bare.pid)
+        run = run_wrk(wrk, url, requests_file, args, "cycle")
+        run.figures["server_cpu_share"] = (cpu_seconds(bare.pid) - before) / run.figures["seconds"]
+        print("\n--- wrk against the bare aiohttp server ---")
+        print(run.text)
+        return run.figures
+    finally:
+        procs.stop(bare)
+
+
+async def _submit_all(
+    url: str, requests: list[tuple[dict[str, str], bytes]], concurrency: int
+) -> dict[str, int]:
+    statuses: dict[str, int] = {}
+    queue = iter(requests)
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def worker() -> None:
+            for headers, body in queue:
+                h = {**headers, "Content-Type": "application/json"}
+                try:
+                    async with session.post(url + "/v1/cases", data=body, headers=h) as resp:
+                        await resp.read()
+                        key = str(resp.status)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    key = type(exc).__name__
+                statuses[key] = statuses.get(key, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def _receivers_done(world: World, expected: int) -> tuple[bool, dict[str, dict[str, int]]]:
+    totals = {
+        region: get_json(world.sim_urls[region] + "/bench/totals")
+        for region in (ORIGIN, HUB_REGION)
+    }
+    done = all(
+        t["total"] >= expected * EVENTS_PER_CASE and t["completed"] >= expected
+        for t in totals.values()
+    )
+    return done, totals
+
+
+def e2e_phase(procs: Processes, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    world = start_world(procs, work / "e2e", "e2e", args.batch_callbacks)
+    try:
+        requests = signed_cases(args.cases, f"E2E{os.getpid()}")
+        gw_cpu = cpu_seconds(world.gateway.pid)
+        sim_cpu = sum(cpu_seconds(s.pid) for s in world.sims.values())
+        started = time.monotonic()
+        statuses = asyncio.run(_submit_all(world.gateway_url, requests, args.e2e_concurrency))
+        submitted = time.monotonic() - started
+        accepted = statuses.get("202", 0)
+        deadline = started + args.e2e_timeout
+        done, totals = False, {}
+        finished = started
+        while time.monotonic() < deadline:
+            done, totals = _receivers_done(world, accepted)
+            finished = time.monotonic()
+            if done:
+                break
+            time.sleep(0.05)
+        seconds = finished - started
+        gw_share = (cpu_seconds(world.gateway.pid) - gw_cpu) / seconds
+        sim_share = (sum(cpu_seconds(s.pid) for s in world.sims.values()) - sim_cpu) / seconds
+        samples = scrape(world.gateway_url)
+        completed = min(t["completed"] for t in totals.values()) if totals else 0
+        figures = {
+            "cases": args.cases,
+            "concurrency": args.e2e_concurrency,
+            "submit_statuses": statuses,
+            "accepted": accepted,
+            "submit_seconds": submitted,
+            "submit_per_second": len(requests) / submitted,
+            "all_delivered": done,
+            "seconds": seconds,
+            "completed_at_both": completed,
+            "cases_per_second": completed / seconds if seconds else 0.0,
+            "origin": totals.get(ORIGIN, {}),
+            "hub": totals.get(HUB_REGION, {}),
+            "gateway_cpu_share": gw_share,
+            "simulators_cpu_share": sim_share,
+            "delivery_posts_ok": metric_sum(samples, "tongban_deliveries_total", 'result="ok"'),
+            "delivery_posts_failed": metric_sum(
+                samples, "tongban_deliveries_total", 'result="error"'
+            ),
+            "dispatch_calls": metric_sum(samples, "tongban_dispatch_calls_total"),
+            "transitions_ignored": metric_sum(samples, "tongban_transitions_ignored_total"),
+            "gateway_vm_hwm_kb": status_kb(world.gateway.pid, "VmHWM"),
+        }
+        if not done:
+            print(f"warning: not every case was delivered within {args.e2e_timeout:.0f} s")
+        return figures
+    finally:
+        procs.stop(*world.all())
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _row(name: str, value: str, note: str = "") -> str:
+    return f"  {name:<44} {value:>14}  {note}"
+
+
+def report(result: dict[str, Any]) -> str:
+    a, b, e = result["accept"], result["bare"], result.get("e2e")
+    idle = result.get("accept_idle")
+    ratio, bars, s = result["accept_ratio"], result["bars"], result["settings"]
+    mark = {True: "ok", False: "MISSED"}
+    lines = [
+        "",
+        f"Tongban gateway benchmark ({result['machine']['cpus']} CPUs, "
+        f"wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s, "
+        f"batch_callbacks={str(s['batch_callbacks']).lower()})",
+        "",
+        "Accept (POST /v1/cases, pre-signed, each nonce once; workers dispatching and delivering)",
+        _row("gateway accepted cases/s (202 only)", f"{a['accepted_per_second']:.0f}",
+             "EXHAUSTED: rate understated, raise --requests" if a["exhausted"] else ""),
+        _row("gateway latency p50 / p99 (ms)", f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}"),
+        _row("gateway non-2xx answers", f"{a['non_2xx']}", f"socket errors {a['socket_errors']}"),
+        _row("gateway CPU during the run", f"{a['gateway_cpu_share']:.2f} cores",
+             f"simulators {a['simulators_cpu_share']:.2f}, wrk {a['wrk_cpu_share']:.2f}"),
+        _row("bare aiohttp req/s", f"{b['requests_per_second']:.0f}",
+             f"p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms"),
+        _row("bare server CPU / wrk CPU during its run",
+             f"{b['server_cpu_share']:.2f} / {b['wrk_cpu_share']:.2f}", "cores"),
+        _row("ratio gateway / bare", f"{ratio:.3f}",
+             f"bar >= {ACCEPT_RATIO_BAR}: {mark[bars['accept_ratio']['ok']]}"),
+    ]  # fmt: skip
+    if idle is not None:
+        lines += [
+            _row("accept, partners unreachable (workers idle)",
+                 f"{idle['accepted_per_second']:.0f}",
+                 f"p50 {idle['p50_ms']:.1f} ms, p99 {idle['p99_ms']:.1f} ms, "
+                 f"ratio {idle['accepted_per_second'] / b['requests_per_second']:.3f}"
+                 + (" EXHAUSTED" if idle["exhausted"] else "")),
+        ]  # fmt: skip
+    if e is not None:
+        o, h = e["origin"], e["hub"]
+        lines += [
+            "",
+            f"End to end ({e['accepted']} cases; origin and hub each get all 5 events of each)",
+            _row("cases carried end to end per second", f"{e['cases_per_second']:.0f}",
+                 f"bar >= {E2E_BAR:.0f}: {mark[bars['e2e']['ok']]}"),
+            _row("time until everything was delivered (s)", f"{e['seconds']:.2f}",
+                 f"submitting took {e['submit_seconds']:.2f} s"),
+            _row("out of order / duplicates (origin; hub)",
+                 f"{o.get('out_of_order')}/{o.get('duplicates')}; "
+                 f"{h.get('out_of_order')}/{h.get('duplicates')}"),
+            _row("callback POSTs (ok / failed)",
+                 f"{e['delivery_posts_ok']:.0f} / {e['delivery_posts_failed']:.0f}"),
+            _row("gateway CPU during the run", f"{e['gateway_cpu_share']:.2f} cores",
+                 f"simulators {e['simulators_cpu_share']:.2f}"),
+        ]  # fmt: skip
+    lines += [
+        "",
+        "Memory (gateway peak RSS, VmHWM)",
+        _row("accept run", f"{a['gateway_vm_hwm_kb'] / 1024:.0f} MiB"),
+    ]
+    if e is not None:
+        lines.append(_row("end-to-end run", f"{e['gateway_vm_hwm_kb'] / 1024:.0f} MiB"))
+    lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections")
+    p.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    p.add_argument(
+        "--requests", type=int, default=0,
+        help="pre-signed requests for the accept run (default: 8000 per second of --duration)",
+    )  # fmt: skip
+    p.add_argument("--cases", type=int, default=3000, help="cases carried end to end")
+    p.add_argument("--e2e-concurrency", type=int, default=64)
+    p.add_argument("--e2e-timeout", type=float, default=180.0, help="seconds")
+    p.add_argument(
+        "--batch-callbacks", action="store_true",
+        help="let the provinces take batched callbacks (default: one event per POST, as shipped)",
+    )  # fmt: skip
+    p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument(
+        "--skip-idle", action="store_true", help="skip the accept run with partners unreachable"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
+    return p.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every ``finally``: children are stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk is not installed: apt-get install -y wrk (or run `make bench`)", file=sys.stderr)
+        return 2
+    count = args.requests or 8000 * args.duration
+    started_at = datetime.now(UTC)
+    result: dict[str, Any] = {
+        "when": started_at.isoformat(timespec="seconds"),
+        "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(),
+        "settings": {
+            "threads": args.threads, "connections": args.connections, "duration": args.duration,
+            "accept_requests": count, "e2e_cases": args.cases,
+            "e2e_concurrency": args.e2e_concurrency, "sqlite_synchronous": "FULL",
+            "simulator_latency": 0.0, "batch_callbacks": args.batch_callbacks,
+        },
+    }  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="tongban-bench-"))
+    print(f"working in {work}")
+    try:
+        with Processes(work / "logs") as procs:
+            print(f"signing {count} distinct case submissions ...")
+            requests_file = work / "requests.tsv"
+            write_requests(requests_file, signed_cases(count, f"ACC{os.getpid()}"))
+            digest = hashlib.sha256(requests_file.read_bytes()).hexdigest()[:12]
+            result["settings"]["requests_file_sha256"] = digest
+            print("accept run: wrk against the gateway ...")
+            result["accept"] = accept_phase(procs, work, wrk, args, requests_file)
+            if not args.skip_idle:
+                print("accept run with the partners unreachable ...")
+                result["accept_idle"] = accept_phase(
+                    procs, work, wrk, args, requests_file, partners_up=False
+                )
+            print("baseline run: wrk against the bare aiohttp server ...")
+            result["bare"] = bare_phase(procs, wrk, args, requests_file)
+            if not args.skip_e2e:
+                print(f"end-to-end run: {args.cases} cases ...")
+                result["e2e"] = e2e_phase(procs, work, args)
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    ratio = result["accept"]["accepted_per_second"] / result["bare"]["requests_per_second"]
+    result["accept_ratio"] = ratio
+    e2e_rate = result["e2e"]["cases_per_second"] if "e2e" in result else 0.0
+    result["bars"] = {
+        "accept_ratio": {"bar": ACCEPT_RATIO_BAR, "value": ratio, "ok": ratio >= ACCEPT_RATIO_BAR},
+        "e2e": {
+            "bar": E2E_BAR,
+            "value": e2e_rate,
+            "ok": e2e_rate >= E2E_BAR and bool(result.get("e2e", {}).get("all_delivered")),
+        },
+    }
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "latest.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    print(report(result))
+    print(f"figures written to {OUT / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""Contract field validation, origin admission, version choice and the working-day deadline."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pydantic
+import pytest
+
+from gateway.contracts import (
+    ContractList,
+    ContractVersion,
+    FieldSpec,
+    ServiceItem,
+    compile_fields,
+    deadline_after,
+)
+from gateway.identifiers import id_check_char
+
+TABLES = {"insurance_type": {"310": "职工基本医疗保险", "390": "城乡居民基本医疗保险"}}
+ID_NUMBER = "11010519491231002" + id_check_char("11010519491231002")
+CREDIT_CODE = "91350100M000100Y43"
+
+
+def model_for(spec: dict[str, Any]) -> type[pydantic.BaseModel]:
+    return compile_fields("Probe", {"f": FieldSpec.model_validate({**spec, "required": True})},
+                          TABLES)  # fmt: skip
+
+
+CASES: list[tuple[str, dict[str, Any], list[Any], list[Any]]] = [
+    ("string-length", {"type": "string", "min_length": 2, "max_length": 4},
+     ["ab", "abcd", "张三"], ["a", "abcde", "", 12, None]),
+    ("string-pattern", {"type": "string", "pattern": r"^[A-Z]{2}\d{4}$"},
+     ["ZJ2026"], ["zj2026", "ZJ20261", "Z2026", "ZJ2026\n1"]),
+    ("integer", {"type": "integer", "minimum": 1, "maximum": 10},
+     [1, 10, 5], [0, 11, -1, 1.5, "abc", None]),
+    ("decimal", {"type": "decimal", "minimum": 0, "maximum": 100},
+     ["12.50", 0, 100, "99.99", 12.5], ["-0.01", "100.01", "abc", "NaN", "Infinity", None]),
+    ("boolean", {"type": "boolean"}, [True, False], ["maybe", 2, None]),
+    ("date", {"type": "date"},
+     ["2026-12-01", "2024-02-29"], ["2026-02-30", "2026/12/01", "tomorrow", "2026-13-01"]),
+    ("datetime", {"type": "datetime"},
+     ["2026-12-01T10:00:00+08:00", "2026-12-01T02:00:00Z"], ["2026-13-01T00:00:00", "noon"]),
+    ("enum-values", {"type": "enum", "values": ["11", "12"]}, ["11", "12"], ["13", 11, "", None]),
+    ("enum-code-table", {"type": "enum", "code_table": "insurance_type"},
+     ["310", "390"], ["311", "职工基本医疗保险", 310]),
+    ("region_code", {"type": "region_code"},
+     ["330100", "510000"], ["990000", "33010", "3301000", "浙江"]),
+    ("id_card", {"type": "id_card"},
+     [ID_NUMBER], [ID_NUMBER[:-1] + "1", ID_NUMBER[:17], "990105194912310021"]),
+    ("credit_code", {"type": "credit_code"},
+     [CREDIT_CODE], [CREDIT_CODE[:-1] + "4", CREDIT_CODE.replace("M", "I")]),
+    ("phone", {"type": "phone"},
+     ["13800000000", "+8613800000000", "8613800000000", "0571-87654321", "02187654321"],
+     ["12800000000", "1380000000", "138000000000", "phone", "0571-876"]),
+    ("object", {"type": "object", "fields": {"a": {"type": "string", "required": True},
+                                             "b": {"type": "integer"}}},
+     [{"a": "x"}, {"a": "x", "b": 2}], [{"b": 1}, {"a": "x", "c": 1}, {"a": "x", "b": "y"}, "a"]),
+    ("list", {"type": "list", "items": {"type": "integer", "maximum": 9}, "max_items": 2},
+     [[], [1], [1, 2]], [[1, 2, 3], ["x"], [10], "12"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [pytest.param(spec, v, id=f"{name}-ok-{v!r}") for name, spec, good, _ in CASES for v in good],
+)
+def test_field_type_accepts(spec, value):
+    model_for(spec).model_validate({"f": value})
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [pytest.param(spec, v, id=f"{name}-bad-{v!r}") for name, spec, _, bad in CASES for v in bad],
+)
+def test_field_type_refuses(spec, value):
+    with pytest.raises(pydantic.ValidationError) as info:
+        model_for(spec).model_validate({"f": value})
+    assert info.value.errors()[0]["loc"][0] == "f"
+
+
+def test_values_are_converted_to_their_types():
+    model = compile_fields(
+        "Converted",
+        {
+            "amount": FieldSpec(type="decimal"),
+            "start": FieldSpec(type="date"),
+            "id": FieldSpec(type="id_card"),
+            "code": FieldSpec(type="credit_code"),
+        },
+        TABLES,
+    )
+    payload = model.model_validate(
+        {"amount": "12.50", "start": "2026-12-01", "id": ID_NUMBER.lower(), "code": CREDIT_CODE}
+    )
+    assert payload.amount == Decimal("12.50")  # type: ignore[attr-defined]
+    assert payload.start == date(2026, 12, 1)  # type: ignore[attr-defined]
+    assert payload.id == ID_NUMBER  # type: ignore[attr-defined]
+
+
+def test_nested_object_error_loc_names_the_path():
+    model = model_for({"type": "object", "fields": {"a": {"type": "string", "required": True}}})
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate({"f": {}})
+    assert info.value.errors()[0]["loc"] == ("f", "a")
+    assert info.value.errors()[0]["type"] == "missing"
+
+
+def test_list_element_error_loc_names_the_index():
+    model = model_for({"type": "list", "items": {"type": "region_code"}})
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate({"f": ["330000", "990000"]})
+    assert info.value.errors()[0]["loc"] == ("f", 1)
+
+
+FIELDS = {
+    "insured_region": FieldSpec(type="region_code", required=True),
+    "insurance_type": FieldSpec(type="enum", code_table="insurance_type", required=True),
+    "start_date": FieldSpec(type="date", required=True),
+    "note": FieldSpec(type="string", max_length=100),
+}
+
+
+def test_optional_fields_may_be_absent_or_null():
+    model = compile_fields("Filing", FIELDS, TABLES)
+    good = {"insured_region": "510100", "insurance_type": "310", "start_date": "2026-12-01"}
+    assert model.model_validate(good).note is None  # type: ignore[attr-defined]
+    model.model_validate({**good, "note": None})
+
+
+def test_unknown_payload_keys_are_refused():
+    model = compile_fields("Filing", FIELDS, TABLES)
+    payload = {
+        "insured_region": "510100",
+        "insurance_type": "310",
+        "start_date": "2026-12-01",
+        "nickname": "x",
+    }
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate(payload)
+    errors = info.value.errors()
+    assert [(e["loc"], e["type"]) for e in errors] == [(("nickname",), "extra_forbidden")]
+
+
+def test_missing_required_fields_are_each_named():
+    model = compile_fields("Filing", FIELDS, TABLES)
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate({"insured_region": "510100"})
+    missing = {e["loc"] for e in info.value.errors() if e["type"] == "missing"}
+    assert missing == {("insurance_type",), ("start_date",)}
+
+
+def test_field_error_messages_do_not_repeat_the_id_number():
+    model = model_for({"type": "id_card"})
+    wrong = ID_NUMBER[:-1] + "1"
+    with pytest.raises(pydantic.ValidationError) as info:
+        model.model_validate({"f": wrong})
+    for error in info.value.errors(include_input=False):
+        assert wrong not in error["msg"]
+
+
+def test_bad_pattern_is_refused_when_the_spec_is_read():
+    # BUG: the validator lets re.error escape; re.error is not a ValueError, so pydantic does not
+    # turn it into a ValidationError and a candidate contract list with a typo crashes the check.
+    with pytest.raises(pydantic.ValidationError):
+        FieldSpec(type="string", pattern="([unclosed")
+
+
+def test_a_pattern_the_spec_accepts_also_compiles():
+    # BUG: FieldSpec checks the pattern with Python's re, but the payload model uses pydantic's
+    # Rust regex engine, which has no look-around: the spec is accepted, publishable, and then
+    # compile_fields raises SchemaError on the first case submitted under it.
+    try:
+        spec = FieldSpec(type="string", pattern=r"^(?!0)\d{6}$")
+    except pydantic.ValidationError:
+        return  # refused up front: fine
+    model = compile_fields("Lookahead", {"f": spec}, TABLES)
+    model.model_validate({"f": "330000"})
+    with pytest.raises(pydantic.ValidationError):
+        model.model_validate({"f": "030000"})
+
+
+@pytest.mark.parametrize(
+    "spec", [{"type": "enum", "code_table": "no_such_table"}, {"type": "enum"}], ids=str
+)
+def test_enum_without_codes_is_refused_up_front_not_at_first_use(spec):
+    # BUG: an enum with neither values nor a known code table builds Literal[()], and
+    # create_model raises AssertionError ('literal "expected" cannot be empty') only when the
+    # first case is submitted (service.py calls ContractList.validator on the submit path).
+    item_raw = {
+        "item_code": "KSTB-XX-001",
+        "name": "测试事项",
+        "versions": [{"version": 1, "fields": {"kind": spec}}],
+    }
+    try:
+        contracts = ContractList(items={"KSTB-XX-001": ServiceItem.model_validate(item_raw)})
+    except pydantic.ValidationError:
+        return  # refused when the contract list is read: fine
+    version = contracts.items["KSTB-XX-001"].versions[0]
+    contracts.validator("KSTB-XX-001", version)
+
+
+def test_unknown_field_spec_key_is_refused():
+    with pytest.raises(pydantic.ValidationError):
+        FieldSpec.model_validate({"type": "string", "maxLength": 3})
+
+
+# ---- admission and versions -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origins", "origin", "admitted"),
+    [
+        (["*"], "330000", True),
+        (["*"], "440600", True),
+        (["330000"], "330000", True),
+        (["330000"], "330100", True),  # a city platform of an admitted province
+        (["330000"], "510000", False),
+        (["330100"], "330100", True),
+        (["330100"], "330000", False),  # a city does not admit its province
+        (["330100"], "330200", False),
+        (["440600", "510000"], "440600", True),
+        (["440600", "510000"], "510100", True),
+        (["440600", "510000"], "440100", False),
+        ([], "330000", False),
+    ],
+)
+def test_admits(origins, origin, admitted):
+    assert ContractVersion(version=1, origins=origins).admits(origin) is admitted
+
+
+def item(*versions: tuple[int, str]) -> ServiceItem:
+    return ServiceItem(
+        item_code="KSTB-YB-001",
+        name="异地就医登记备案",
+        versions=[ContractVersion(version=n, status=s) for n, s in versions],  # type: ignore[arg-type]
+    )
+
+
+def test_version_none_picks_the_newest_active_skipping_draft():
+    it = item((1, "active"), (3, "draft"), (2, "active"))
+    chosen = it.version(None)
+    assert chosen is not None
+    assert chosen.version == 2
+
+
+def test_version_none_skips_deprecated_and_retired():
+    it = item((1, "active"), (2, "deprecated"), (3, "retired"), (4, "draft"))
+    chosen = it.version(None)
+    assert chosen is not None
+    assert chosen.version == 1
+
+
+def test_version_none_without_an_active_version():
+    assert item((1, "draft"), (2, "retired")).version(None) is None
+
+
+def test_explicit_version_number():
+    it = item((1, "deprecated"), (2, "active"))
+    v1 = it.version(1)
+    assert v1 is not None
+    assert v1.version == 1
+    assert v1.status == "deprecated"
+    assert it.version(9) is None
+
+
+# ---- deadlines --------------------------------------------------------------------------------
+
+# January 2026 (no daylight-saving change anywhere near it): the 16th is a Friday.
+FRIDAY = datetime(2026, 1, 16, 10, 30)
+
+
+def local(*args: int) -> float:
+    return datetime(*args).timestamp()  # type: ignore[arg-type]
+
+
+def test_friday_is_a_friday():
+    assert FRIDAY.weekday() == 4
+
+
+@pytest.mark.parametrize(
+    ("start", "days", "end"),
+    [
+        ((2026, 1, 16, 10, 30), 0, (2026, 1, 16, 10, 30)),
+        ((2026, 1, 16, 10, 30), 1, (2026, 1, 19, 10, 30)),  # Friday + 1 → Monday
+        ((2026, 1, 16, 10, 30), 5, (2026, 1, 23, 10, 30)),  # Friday + 5 → next Friday
+        ((2026, 1, 16, 10, 30), 6, (2026, 1, 26, 10, 30)),
+        ((2026, 1, 16, 10, 30), 20, (2026, 2, 13, 10, 30)),
+        ((2026, 1, 17, 9, 0), 1, (2026, 1, 19, 9, 0)),  # Saturday + 1 → Monday
+        ((2026, 1, 18, 9, 0), 1, (2026, 1, 19, 9, 0)),  # Sunday + 1 → Monday
+        ((2026, 1, 12, 8, 0), 4, (2026, 1, 16, 8, 0)),  # Monday + 4 → Friday
+        ((2026, 1, 15, 23, 59), 1, (2026, 1, 16, 23, 59)),  # Thursday + 1 → Friday
+    ],
+)
+def test_deadline_after_skips_weekends(start, days, end):
+    assert deadline_after(local(*start), days) == local(*end)
+
+
+def test_deadline_never_falls_on_a_weekend():
+    for start_day in range(12, 19):
+        for days in range(1, 12):
+            end = datetime.fromtimestamp(deadline_after(local(2026, 1, start_day, 12, 0), days))
+            assert end.weekday() < 5
