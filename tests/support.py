@@ -99,10 +99,10 @@ def gateway_config(
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], timeout: float = 30.0, what: str = ""
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], within: float = 30.0, what: str = ""
 ) -> None:
     """Poll a condition every 20 ms until it holds; fail after a generous deadline."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):
