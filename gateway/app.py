@@ -29,6 +29,7 @@ from gateway.http.app import HttpDeps, build_app
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
+from gateway.retry import Circuit
 from gateway.service import CaseService, Counters, Wakeups
 from gateway.signing import NonceCache
 from gateway.store import open_store
@@ -121,7 +122,10 @@ class Gateway:
             logger = logging.getLogger(f"tongban.adapter.{p.region}")
             logger.addFilter(MaskingFilter())
             ctx = AdapterContext(p.region, session, self.clock, logger, g.request_timeout_seconds)
-            slots[p.region] = PartnerSlot(self.adapters[p.region], ctx, p.limits.concurrency)
+            circuit = Circuit(base=g.retry.base_seconds, cap=min(60.0, g.retry.cap_seconds))
+            slots[p.region] = PartnerSlot(
+                self.adapters[p.region], ctx, p.limits.concurrency, circuit=circuit
+            )
         return Dispatcher(
             store=store, service=service, partners=slots, clock=self.clock, retry=g.retry,
             lease=g.lease_seconds, owner=self.owner, poll_interval=self.poll_interval,

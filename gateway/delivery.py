@@ -43,8 +43,13 @@ class Target:
 @dataclass
 class RecipientState:
     target: Target | None
-    circuit: Circuit = field(default_factory=lambda: Circuit(threshold=3, cap=30.0))
+    circuit: Circuit = field(default_factory=Circuit)
     inflight: int = 0
+
+
+def _circuit(retry: RetryPolicy) -> Circuit:
+    """A recipient that is back is tried again within the retry policy's cap (30 s at most)."""
+    return Circuit(threshold=3, base=retry.base_seconds, cap=min(30.0, retry.cap_seconds))
 
 
 def targets(config: Config) -> dict[str, Target]:
@@ -84,7 +89,9 @@ class Deliverer:
         self.lease = g.lease_seconds
         self.timeout = aiohttp.ClientTimeout(total=g.request_timeout_seconds)
         self.max_events = g.delivery_batch
-        self.recipients = {name: RecipientState(t) for name, t in targets(config).items()}
+        self.recipients = {
+            name: RecipientState(t, _circuit(self.retry)) for name, t in targets(config).items()
+        }
         self.signal = Signal()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_result = on_result or (lambda recipient, ok: None)
@@ -117,7 +124,9 @@ class Deliverer:
             if claim.events:
                 by_recipient[claim.recipient].append(claim)
         for recipient, group in by_recipient.items():
-            state = self.recipients.setdefault(recipient, RecipientState(None))
+            state = self.recipients.setdefault(
+                recipient, RecipientState(None, _circuit(self.retry))
+            )
             for request in self._requests(state, group):
                 state.inflight += 1
                 task = asyncio.create_task(self._send(recipient, state, request))
