@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Protocol
 
 
@@ -35,5 +35,11 @@ class ManualClock:
 
 def iso(ts: float) -> str:
     """RFC 3339 UTC with a ``Z``, millisecond precision."""
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    seconds, millis = divmod(round(ts * 1000), 1000)
+    return f"{_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Events cluster in time, so the formatted second is nearly always cached.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

@@ -29,6 +29,8 @@ from gateway.store.base import Ack, DeliveryClaim, DeliveryFailed, EventRecord, 
 from gateway.supervisor import Signal
 
 log = logging.getLogger(__name__)
+CLAIM_LIMIT = 500  # cursors per claim; a full claim goes again at once
+LINGER = 0.005  # seconds to let work gather after a wake-up
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ class Deliverer:
         clock: Clock,
         owner: str,
         poll_interval: float = 0.5,
-        per_recipient: int = 16,
+        per_recipient: int = 64,
         on_result: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.store = store
@@ -102,8 +104,8 @@ class Deliverer:
     async def run(self) -> None:
         try:
             while True:
-                if not await self._round():
-                    await self.signal.wait(self.poll_interval)
+                if await self._round() < CLAIM_LIMIT:
+                    await self.signal.wait(self.poll_interval, LINGER)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -117,7 +119,7 @@ class Deliverer:
             if not st.circuit.allows(now) or st.inflight >= self.per_recipient
         ]
         claims = await self.store.claim_deliveries(
-            self.owner, now, self.lease, 500, busy, self.max_events
+            self.owner, now, self.lease, CLAIM_LIMIT, busy, self.max_events
         )
         by_recipient: dict[str, list[DeliveryClaim]] = defaultdict(list)
         for claim in claims:
@@ -167,26 +169,41 @@ class Deliverer:
     async def _post(
         self, recipient: str, state: RecipientState, claims: list[DeliveryClaim]
     ) -> list[Op]:
+        """One batch POST, or for a one-event recipient each claimed event of the case in turn,
+        the next only after the previous was acknowledged. Acknowledged ones are written as
+        acks; on the first failure the rest waits for a retry."""
         target = state.target
-        batch = target is not None and target.batch
-        sent = {c.case_id: (c.events if batch else c.events[:1]) for c in claims}
-        error = await self._http(target, [e for evs in sent.values() for e in evs], batch)
-        now = self.clock.now()
+        if target is not None and target.batch:
+            error = await self._http(target, [e for c in claims for e in c.events], True)
+            self._count(recipient, state, error)
+            if error is None:
+                return [Ack(recipient, c.case_id, c.events[-1].seq) for c in claims]
+            return [self._failed(recipient, c, error) for c in claims]
+        (claim,) = claims
+        acked: int | None = None
+        error = None
+        for event in claim.events:
+            error = await self._http(target, [event], False)
+            self._count(recipient, state, error)
+            if error is not None:
+                break
+            acked = event.seq
+        ops: list[Op] = [] if acked is None else [Ack(recipient, claim.case_id, acked)]
+        if error is not None:
+            ops.append(self._failed(recipient, claim, error))
+        return ops
+
+    def _count(self, recipient: str, state: RecipientState, error: str | None) -> None:
         self._on_result(recipient, error is None)
         if error is None:
             state.circuit.success()
-            return [Ack(recipient, case_id, evs[-1].seq) for case_id, evs in sent.items()]
-        state.circuit.failure(now, error)
-        log.info("delivery to %s failed (%s); will retry", recipient, error)
-        return [
-            DeliveryFailed(
-                recipient,
-                c.case_id,
-                now + backoff(c.attempts, self.retry.base_seconds, self.retry.cap_seconds),
-                error,
-            )
-            for c in claims
-        ]
+        else:
+            state.circuit.failure(self.clock.now(), error)
+            log.info("delivery to %s failed (%s); will retry", recipient, error)
+
+    def _failed(self, recipient: str, claim: DeliveryClaim, error: str) -> DeliveryFailed:
+        delay = backoff(claim.attempts, self.retry.base_seconds, self.retry.cap_seconds)
+        return DeliveryFailed(recipient, claim.case_id, self.clock.now() + delay, error)
 
     async def _http(
         self, target: Target | None, events: list[EventRecord], batch: bool

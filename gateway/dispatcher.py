@@ -102,9 +102,8 @@ class Dispatcher:
     async def run(self) -> None:
         try:
             while True:
-                claimed = await self._claim()
-                if not claimed:
-                    await self.signal.wait(self.poll_interval)
+                if await self._claim() < FULL_ROUND:
+                    await self.signal.wait(self.poll_interval, LINGER)
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -272,4 +271,6 @@ class Dispatcher:
         )
 
 
+FULL_ROUND = 64  # a round that claimed this many goes again at once
+LINGER = 0.005  # seconds to let work gather after a wake-up
 _NOTHING_TO_SEND = frozenset({"completed", "rejected", "withdrawn"})

@@ -7,7 +7,6 @@ every event, in order.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from tests.support import (
     CONTRACTS,
     HANDLER,
     HUB_SECRET,
+    ROOT,
     KEYS,
     ORIGIN,
     Client,
@@ -73,12 +73,15 @@ class GatewayProcess:
         self.config, self.port = config, port
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def spawn(self) -> None:
+        with open(self.config.parent / "gateway.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
+                stdout=log, stderr=log, cwd=ROOT,
+            )  # fmt: skip
+
     async def start(self, session: aiohttp.ClientSession) -> None:
-        log = open(self.config.parent / "gateway.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-            stdout=log, stderr=log, cwd=Path(__file__).resolve().parent.parent,
-        )  # fmt: skip
+        self.spawn()
 
         async def ready() -> bool:
             assert self.proc is not None

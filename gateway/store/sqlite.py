@@ -6,6 +6,10 @@ survives a power cut — costs one fsync per group rather than per case. A group
 statements batched by table; if it fails as a whole, each caller's operations are retried alone,
 so one bad caller cannot fail another.
 
+The writer is a thread of its own owning a plain sqlite3 connection: a whole group (read, apply,
+write, commit) is one call into it, so a write transaction never stays open across turns of a
+busy event loop. Reads go through aiosqlite.
+
 SQLite is the single-process backend: on open, leases held by a previous (dead) process of the
 same database are released at once rather than waiting for them to expire.
 """
@@ -14,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
@@ -47,6 +53,7 @@ from gateway.store.base import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
     """
@@ -263,9 +270,9 @@ class SqliteStore:
         self.synchronous = synchronous
         self.max_group = max_group
         self.ready = False
-        self._w: aiosqlite.Connection | None = None
+        self._w: sqlite3.Connection | None = None  # the writer thread's alone
         self._r: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._queue: asyncio.Queue[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]] = (
             asyncio.Queue(maxsize=10_000)
         )
@@ -274,22 +281,25 @@ class SqliteStore:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._w.execute("PRAGMA journal_mode=WAL")
-        await self._w.execute(f"PRAGMA synchronous={self.synchronous}")
-        await self._w.execute("PRAGMA busy_timeout=10000")
-        await self._w.execute("PRAGMA foreign_keys=ON")
-        await self._migrate(self._w)
-        # A previous process of this database is gone: its leases go with it.
-        await self._w.execute("UPDATE jobs SET lease_until = 0, lease_owner = NULL")
-        await self._w.execute("UPDATE cursors SET lease_until = 0, lease_owner = NULL")
+        await self._in_writer(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=10000")
         await self._r.execute("PRAGMA query_only=ON")
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-group-commit")
         self.ready = True
+
+    def _open_writer(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=10000")
+        self._migrate(db)
+        # A previous process of this database is gone: its leases go with it.
+        db.execute("UPDATE jobs SET lease_until = 0, lease_owner = NULL")
+        db.execute("UPDATE cursors SET lease_until = 0, lease_owner = NULL")
+        self._w = db
 
     async def close(self) -> None:
         self.ready = False
@@ -300,26 +310,33 @@ class SqliteStore:
             _, _, fut = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("store closed"))
-        for conn in (self._r, self._w):
-            if conn is not None:
-                await conn.close()
-        self._r = self._w = None
+        if self._r is not None:
+            await self._r.close()
+            self._r = None
+        if self._w is not None:
+            await self._in_writer(self._w.close)
+            self._w = None
+        self._writer.shutdown(wait=True)
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        async with db.execute("SELECT max(version) FROM schema_version") as cur:
-            row = await cur.fetchone()
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
         current = row[0] if row and row[0] is not None else 0
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
-            await db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             for statement in filter(str.strip, script.split(";")):
-                await db.execute(statement)
-            await db.execute("INSERT INTO schema_version VALUES (?)", (number,))
-            await db.execute("COMMIT")
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            db.execute("COMMIT")
             log.info("applied store migration %d", number)
 
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the writer thread, which alone touches the writer connection."""
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
     @property
-    def _wdb(self) -> aiosqlite.Connection:
+    def _wdb(self) -> sqlite3.Connection:
         if self._w is None:
             raise RuntimeError("store is not open")
         return self._w
@@ -348,7 +365,8 @@ class SqliteStore:
         self, group: list[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]]
     ) -> None:
         try:
-            results = await self._transaction([(ops, now) for ops, now, _ in group])
+            lists = [(ops, now) for ops, now, _ in group]
+            results = await self._in_writer(self._transaction, lists)
         except Exception:
             if len(group) == 1:
                 log.exception("store write failed")
@@ -360,23 +378,24 @@ class SqliteStore:
         for (_, _, fut), result in zip(group, results, strict=True):
             _settle(fut, result=result)
 
-    async def _transaction(self, lists: list[tuple[Sequence[Op], float]]) -> list[list[OpResult]]:
-        async with self._lock:
-            db = self._wdb
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                now = max(n for _, n in lists)
-                batch = _Batch(await self._load_cases(db, lists), now)
-                results = [[self._apply(op, batch, n) for op in ops] for ops, n in lists]
-                await self._flush(db, batch)
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+    def _transaction(self, lists: list[tuple[Sequence[Op], float]]) -> list[list[OpResult]]:
+        """One whole group, on the writer thread: read, apply in memory, write, commit."""
+        db = self._wdb
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = max(n for _, n in lists)
+            batch = _Batch(self._load_cases(db, lists), now)
+            results = [[self._apply(op, batch, n) for op in ops] for ops, n in lists]
+            self._flush(db, batch)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return results
 
-    async def _load_cases(
-        self, db: aiosqlite.Connection, lists: list[tuple[Sequence[Op], float]]
+    @staticmethod
+    def _load_cases(
+        db: sqlite3.Connection, lists: list[tuple[Sequence[Op], float]]
     ) -> dict[str, CaseRecord]:
         ids = {op.case_id for ops, _ in lists for op in ops if isinstance(op, Transition | Replay)}
         keys = {
@@ -389,17 +408,14 @@ class SqliteStore:
         for chunk in _chunks(sorted(ids), 500):
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
-            async with db.execute(sql, chunk) as cur:
-                for row in await cur.fetchall():
-                    found[row[0]] = _case_from_row(row)
+            for row in db.execute(sql, chunk).fetchall():
+                found[row[0]] = _case_from_row(row)
         for chunk_keys in _chunks(sorted(keys), 400):
             where = " OR ".join("(origin_region = ? AND request_id = ?)" for _ in chunk_keys)
             params = [v for k in chunk_keys for v in k]
-            async with db.execute(
-                f"SELECT {_CASE_COLUMNS} FROM cases WHERE {where}", params
-            ) as cur:
-                for row in await cur.fetchall():
-                    found["req:" + row[2] + ":" + row[1]] = _case_from_row(row)
+            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE {where}"
+            for row in db.execute(sql, params).fetchall():
+                found["req:" + row[2] + ":" + row[1]] = _case_from_row(row)
         return found
 
     # ---- applying operations (pure over the batch) ----------------------------------------
@@ -504,17 +520,18 @@ class SqliteStore:
         b.ignored.append((case.case_id, t.at, str(status), t.source, reason))
         return TransitionResult(False, reason, case)
 
-    async def _flush(self, db: aiosqlite.Connection, b: _Batch) -> None:
+    @staticmethod
+    def _flush(db: sqlite3.Connection, b: _Batch) -> None:
         marks = ",".join("?" * 21)
         if b.new_cases:
-            await db.executemany(
+            db.executemany(
                 f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES ({marks})",
                 [_case_row(c) for c in b.new_cases],
             )
         new_ids = {c.case_id for c in b.new_cases}
         changed = [b.cases[i] for i in b.changed if i not in new_ids]
         if changed:
-            await db.executemany(
+            db.executemany(
                 "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, partner_ref=?, "
                 "updated_at=?, last_seq=? WHERE case_id=?",
                 [
@@ -534,7 +551,7 @@ class SqliteStore:
         for c in b.new_cases:  # a transition inside the same group as the submit
             if c.case_id in b.changed:
                 u = b.cases[c.case_id]
-                await db.execute(
+                db.execute(
                     "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, "
                     "partner_ref=?, updated_at=?, last_seq=? WHERE case_id=?",
                     (
@@ -549,41 +566,42 @@ class SqliteStore:
                     ),
                 )
         if b.events:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "
                 "contract_version, origin_region, handling_region, data) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [_event_row(e) for e in b.events],
             )
         if b.cursors:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO cursors (recipient, case_id, head_seq, next_attempt_at) "
                 "VALUES (?,?,?,?)",
                 b.cursors,
             )
         if b.heads:
-            await db.executemany(
+            db.executemany(
                 "UPDATE cursors SET next_attempt_at = CASE WHEN acked_seq >= head_seq THEN ? "
                 "ELSE next_attempt_at END, head_seq = ? WHERE case_id = ?",
                 [(b.now, seq, case_id) for case_id, seq in b.heads.items()],
             )
         if b.cancel_jobs:
-            await db.executemany(
+            db.executemany(
                 "UPDATE jobs SET state='cancelled', updated_at=? WHERE case_id=? AND "
                 "state='pending'",
                 [(b.now, case_id) for case_id in b.cancel_jobs],
             )
         if b.jobs:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO jobs (kind, case_id, region, data, state, next_attempt_at, "
                 "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
                 b.jobs,
             )
-        await self._flush_jobs_and_deliveries(db, b)
+        SqliteStore._flush_jobs_and_deliveries(db, b)
 
-    async def _flush_jobs_and_deliveries(self, db: aiosqlite.Connection, b: _Batch) -> None:
+    @staticmethod
+    def _flush_jobs_and_deliveries(db: sqlite3.Connection, b: _Batch) -> None:
         if b.finish:
-            await db.executemany(
+            db.executemany(
                 "UPDATE jobs SET state = CASE WHEN ?='retry' THEN 'pending' ELSE ? END, "
                 "attempts = attempts + CASE WHEN ?='done' THEN 0 ELSE 1 END, "
                 "next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = 0, "
@@ -594,31 +612,31 @@ class SqliteStore:
                 ],
             )
         if b.acks:
-            await db.executemany(
+            db.executemany(
                 "UPDATE cursors SET acked_seq = max(acked_seq, ?), attempts = 0, last_error = "
                 "NULL, lease_owner = NULL, lease_until = 0, next_attempt_at = ? "
                 "WHERE recipient = ? AND case_id = ?",
                 [(a.seq, b.now, a.recipient, a.case_id) for a in b.acks],
             )
         if b.failed:
-            await db.executemany(
+            db.executemany(
                 "UPDATE cursors SET attempts = attempts + 1, last_error = ?, lease_owner = NULL, "
                 "lease_until = 0, next_attempt_at = ? WHERE recipient = ? AND case_id = ?",
                 [(f.error, f.next_attempt_at, f.recipient, f.case_id) for f in b.failed],
             )
         if b.replays:
-            await db.executemany(
+            db.executemany(
                 "UPDATE jobs SET state='pending', attempts=0, next_attempt_at=?, updated_at=? "
                 "WHERE case_id=? AND state='dead'",
                 [(b.now, b.now, case_id) for case_id in b.replays],
             )
         if b.ignored:
-            await db.executemany(
+            db.executemany(
                 "INSERT INTO ignored (case_id, at, status, source, reason) VALUES (?,?,?,?,?)",
                 b.ignored,
             )
         if b.blobs:
-            await db.executemany(
+            db.executemany(
                 "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content) VALUES (?,?,?,?)",
                 b.blobs,
             )
@@ -628,27 +646,32 @@ class SqliteStore:
     async def claim_jobs(
         self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
     ) -> list[JobRecord]:
+        wanted = {region: quota for region, quota in quotas.items() if quota > 0}
+        if not wanted:
+            return []
+        return await self._in_writer(self._claim_jobs, owner, now, lease, wanted)
+
+    def _claim_jobs(
+        self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
+    ) -> list[JobRecord]:
+        db = self._wdb
         claimed: list[JobRecord] = []
-        async with self._lock:
-            db = self._wdb
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for region, quota in quotas.items():
-                    if quota <= 0:
-                        continue
-                    async with db.execute(
-                        "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id IN ("
-                        "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
-                        "next_attempt_at <= ? AND lease_until < ? "
-                        "ORDER BY next_attempt_at, job_id LIMIT ?) "
-                        f"RETURNING {_JOB_COLUMNS}",
-                        (owner, now + lease, region, now, now, quota),
-                    ) as cur:
-                        claimed.extend(_job_from_row(r) for r in await cur.fetchall())
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for region, quota in quotas.items():
+                rows = db.execute(
+                    "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id IN ("
+                    "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
+                    "next_attempt_at <= ? AND lease_until < ? "
+                    "ORDER BY next_attempt_at, job_id LIMIT ?) "
+                    f"RETURNING {_JOB_COLUMNS}",
+                    (owner, now + lease, region, now, now, quota),
+                ).fetchall()
+                claimed.extend(_job_from_row(r) for r in rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         return sorted(claimed, key=lambda j: j.job_id)
 
     async def claim_deliveries(
@@ -660,53 +683,34 @@ class SqliteStore:
         skip: Sequence[str],
         max_events: int,
     ) -> list[DeliveryClaim]:
-        skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        async with (
-            self._lock,
-            self._wdb.execute(
-                "UPDATE cursors SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
-                "SELECT rowid FROM cursors WHERE head_seq > acked_seq AND next_attempt_at <= ? "
-                f"AND lease_until < ? {skip_sql} ORDER BY next_attempt_at LIMIT ?) "
-                "RETURNING recipient, case_id, acked_seq, head_seq, attempts",
-                (owner, now + lease, now, now, *skip, limit),
-            ) as cur,
-        ):
-            rows = list(await cur.fetchall())
-        if not rows:
-            return []
-        wanted = {
-            (r[1], s) for r in rows for s in range(r[2] + 1, min(r[3], r[2] + max_events) + 1)
-        }
-        events = await self._events_for(sorted({r[1] for r in rows}), wanted)
-        return [
-            DeliveryClaim(
-                recipient=r[0],
-                case_id=r[1],
-                attempts=r[4],
-                events=[
-                    events[(r[1], s)]
-                    for s in range(r[2] + 1, min(r[3], r[2] + max_events) + 1)
-                    if (r[1], s) in events
-                ],
-            )
-            for r in rows
-        ]
+        return await self._in_writer(
+            self._claim_deliveries, owner, now, lease, limit, list(skip), max_events
+        )
 
-    async def _events_for(
-        self, case_ids: list[str], wanted: set[tuple[str, int]]
-    ) -> dict[tuple[str, int], EventRecord]:
-        found: dict[tuple[str, int], EventRecord] = {}
-        for chunk in _chunks(case_ids, 500):
-            marks = ",".join("?" * len(chunk))
-            min_seq = min(s for (c, s) in wanted if c in set(chunk))
-            async with self._rdb.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id IN ({marks}) AND seq >= ?",
-                (*chunk, min_seq),
-            ) as cur:
-                for row in await cur.fetchall():
-                    if (row[2], row[3]) in wanted:
-                        found[(row[2], row[3])] = _event_from_row(row)
-        return found
+    def _claim_deliveries(
+        self, owner: str, now: float, lease: float, limit: int, skip: list[str], max_events: int
+    ) -> list[DeliveryClaim]:
+        db = self._wdb
+        skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
+        rows = db.execute(
+            "UPDATE cursors SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
+            "SELECT rowid FROM cursors WHERE head_seq > acked_seq AND next_attempt_at <= ? "
+            f"AND lease_until < ? {skip_sql} ORDER BY next_attempt_at LIMIT ?) "
+            "RETURNING recipient, case_id, acked_seq, head_seq, attempts",
+            (owner, now + lease, now, now, *skip, limit),
+        ).fetchall()
+        claims = []
+        for recipient, case_id, acked, head, attempts in rows:
+            last = min(head, acked + max_events)
+            events = db.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq",
+                (case_id, acked, last),
+            ).fetchall()
+            claims.append(
+                DeliveryClaim(recipient, case_id, attempts, [_event_from_row(e) for e in events])
+            )
+        return claims
 
     # ---- reads ----------------------------------------------------------------------------
 
