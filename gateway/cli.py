@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
@@ -33,6 +34,10 @@ async def _serve(args: argparse.Namespace) -> None:
     from gateway.app import Gateway
 
     config, base = _config(args.config)
+    if args.listen:
+        config = config.model_copy(
+            update={"gateway": config.gateway.model_copy(update={"listen": args.listen})}
+        )
     gateway = Gateway(config, base_dir=base)
     partners = None
     if config.demo:
@@ -85,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway (no --config: the bundled demo)")
     serve.add_argument("--config", help="TOML configuration file")
+    serve.add_argument("--listen", help="HOST:PORT, overriding gateway.listen")
+
+    sub.add_parser("openapi", help="print the OpenAPI document of the HTTP API")
 
     demo = sub.add_parser("demo", help="submit sample cases to a running gateway and watch them")
     demo.add_argument("--config", help="the gateway's configuration (default: the demo's)")
@@ -124,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if args.command == "openapi":
+        from gateway import __version__
+        from gateway.http.openapi import build
+
+        print(json.dumps(build(__version__), ensure_ascii=False, indent=2))
+        return 0
     run = {"serve": _serve, "simulate": _simulate, "demo": _demo}[args.command]
     try:
         _run(run(args))

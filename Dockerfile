@@ -1,0 +1,18 @@
+# The gateway with its embedded SQLite store. Mount a volume on /app/var to keep the data, and a
+# configuration file to leave the demo:  docker run -v $PWD/gw.toml:/etc/tongban.toml \
+#   -v tongban-var:/app/var -p 8080:8080 tongban serve --config /etc/tongban.toml
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY adapters ./adapters
+COPY contracts ./contracts
+RUN pip install --no-cache-dir '.[postgres]' \
+    && useradd --system --home /app tongban \
+    && mkdir -p /app/var && chown tongban /app/var
+USER tongban
+EXPOSE 8080
+ENTRYPOINT ["tongban"]
+CMD ["serve", "--listen", "0.0.0.0:8080"]
