@@ -203,6 +203,14 @@ def _case_row(c: CaseRecord) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _case_update_row(c: CaseRecord) -> tuple[Any, ...]:
+    return (
+        c.status.value, c.prior_status.value if c.prior_status else None, c.outcome,
+        _dumps(c.result) if c.result is not None else None, c.partner_ref, c.updated_at,
+        c.last_seq, c.case_id,
+    )  # fmt: skip
+
+
 def _event_from_row(row: Sequence[Any]) -> EventRecord:
     return EventRecord(
         feed_id=row[0],
@@ -522,80 +530,42 @@ class SqliteStore:
 
     @staticmethod
     def _flush(db: sqlite3.Connection, b: _Batch) -> None:
-        marks = ",".join("?" * 21)
-        if b.new_cases:
-            db.executemany(
-                f"INSERT INTO cases ({_CASE_COLUMNS}) VALUES ({marks})",
-                [_case_row(c) for c in b.new_cases],
-            )
-        new_ids = {c.case_id for c in b.new_cases}
-        changed = [b.cases[i] for i in b.changed if i not in new_ids]
-        if changed:
-            db.executemany(
-                "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, partner_ref=?, "
-                "updated_at=?, last_seq=? WHERE case_id=?",
-                [
-                    (
-                        c.status.value,
-                        c.prior_status.value if c.prior_status else None,
-                        c.outcome,
-                        _dumps(c.result) if c.result is not None else None,
-                        c.partner_ref,
-                        c.updated_at,
-                        c.last_seq,
-                        c.case_id,
-                    )
-                    for c in changed
-                ],
-            )
-        for c in b.new_cases:  # a transition inside the same group as the submit
-            if c.case_id in b.changed:
-                u = b.cases[c.case_id]
-                db.execute(
-                    "UPDATE cases SET status=?, prior_status=?, outcome=?, result=?, "
-                    "partner_ref=?, updated_at=?, last_seq=? WHERE case_id=?",
-                    (
-                        u.status.value,
-                        u.prior_status.value if u.prior_status else None,
-                        u.outcome,
-                        _dumps(u.result) if u.result is not None else None,
-                        u.partner_ref,
-                        u.updated_at,
-                        u.last_seq,
-                        u.case_id,
-                    ),
-                )
-        if b.events:
-            db.executemany(
-                "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "
-                "contract_version, origin_region, handling_region, data) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [_event_row(e) for e in b.events],
-            )
-        if b.cursors:
-            db.executemany(
-                "INSERT INTO cursors (recipient, case_id, head_seq, next_attempt_at) "
-                "VALUES (?,?,?,?)",
-                b.cursors,
-            )
-        if b.heads:
-            db.executemany(
-                "UPDATE cursors SET next_attempt_at = CASE WHEN acked_seq >= head_seq THEN ? "
-                "ELSE next_attempt_at END, head_seq = ? WHERE case_id = ?",
-                [(b.now, seq, case_id) for case_id, seq in b.heads.items()],
-            )
+        _insert(db, f"INSERT INTO cases ({_CASE_COLUMNS})", [_case_row(c) for c in b.new_cases])
+        _update_from(
+            db,
+            "UPDATE cases SET status = v.column1, prior_status = v.column2, outcome = v.column3, "
+            "result = v.column4, partner_ref = v.column5, updated_at = v.column6, "
+            "last_seq = v.column7 FROM (VALUES {values}) AS v WHERE cases.case_id = v.column8",
+            [_case_update_row(b.cases[i]) for i in b.changed],
+        )
+        _insert(
+            db,
+            "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "
+            "contract_version, origin_region, handling_region, data)",
+            [_event_row(e) for e in b.events],
+        )
+        _insert(
+            db, "INSERT INTO cursors (recipient, case_id, head_seq, next_attempt_at)", b.cursors
+        )
+        _update_from(
+            db,
+            "UPDATE cursors SET next_attempt_at = CASE WHEN acked_seq >= head_seq THEN v.column1 "
+            "ELSE next_attempt_at END, head_seq = v.column2 FROM (VALUES {values}) AS v "
+            "WHERE cursors.case_id = v.column3",
+            [(b.now, seq, case_id) for case_id, seq in b.heads.items()],
+        )
         if b.cancel_jobs:
             db.executemany(
                 "UPDATE jobs SET state='cancelled', updated_at=? WHERE case_id=? AND "
                 "state='pending'",
                 [(b.now, case_id) for case_id in b.cancel_jobs],
             )
-        if b.jobs:
-            db.executemany(
-                "INSERT INTO jobs (kind, case_id, region, data, state, next_attempt_at, "
-                "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                b.jobs,
-            )
+        _insert(
+            db,
+            "INSERT INTO jobs (kind, case_id, region, data, state, next_attempt_at, created_at, "
+            "updated_at)",
+            b.jobs,
+        )
         SqliteStore._flush_jobs_and_deliveries(db, b)
 
     @staticmethod
@@ -630,16 +600,8 @@ class SqliteStore:
                 "WHERE case_id=? AND state='dead'",
                 [(b.now, b.now, case_id) for case_id in b.replays],
             )
-        if b.ignored:
-            db.executemany(
-                "INSERT INTO ignored (case_id, at, status, source, reason) VALUES (?,?,?,?,?)",
-                b.ignored,
-            )
-        if b.blobs:
-            db.executemany(
-                "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content) VALUES (?,?,?,?)",
-                b.blobs,
-            )
+        _insert(db, "INSERT INTO ignored (case_id, at, status, source, reason)", b.ignored)
+        _insert(db, "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content)", b.blobs)
 
     # ---- claims ---------------------------------------------------------------------------
 
@@ -826,6 +788,36 @@ class SqliteStore:
         out["deliveries_waiting_cases"] = float(row[0]) if row else 0.0
         out["deliveries_waiting_events"] = float(row[1]) if row else 0.0
         return out
+
+
+_MAX_VARIABLES = 30_000  # below SQLite's default limit of 32,766 bound parameters
+
+
+def _values(width: int, rows: int) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return ",".join([row] * rows)
+
+
+def _insert(db: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert rows with one multi-row statement per chunk rather than one step per row.
+
+    Each step gives up and takes back the GIL; under a busy event loop every take-back can wait,
+    so fewer, larger statements keep a commit short.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    for chunk in _chunks(rows, _MAX_VARIABLES // width):
+        db.execute(f"{head} VALUES {_values(width, len(chunk))}", [v for r in chunk for v in r])
+
+
+def _update_from(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``UPDATE … FROM (VALUES …)`` in chunks; each target row must appear at most once."""
+    if not rows:
+        return
+    width = len(rows[0])
+    for chunk in _chunks(rows, _MAX_VARIABLES // width):
+        db.execute(sql.format(values=_values(width, len(chunk))), [v for r in chunk for v in r])
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
