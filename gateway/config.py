@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.identifiers import region_problem
 
@@ -42,7 +49,9 @@ class GatewaySection(_Section):
     max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     rate_limit_per_second: float = Field(2000.0, gt=0, description="per origin region")
     rate_limit_burst: int = Field(4000, ge=1)
-    lease_seconds: float = Field(30.0, gt=0)
+    lease_seconds: float = Field(
+        60.0, gt=0, description="how long a claimed job is held; above two partner calls"
+    )
     request_timeout_seconds: float = Field(15.0, gt=0, description="every partner/recipient call")
     callback_key_id: str = "tongban-gateway"
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -57,6 +66,27 @@ class GatewaySection(_Section):
         if not host or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT with a port from 0 to 65535")
         return v
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError(
+                "must be sqlite:///relative.db or sqlite:////absolute.db "
+                "(PostgreSQL is not supported yet)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> GatewaySection:
+        # A job is called at most twice in one claim (the quick in-call retry); its lease must
+        # outlast both, or another claim could send it again while the first is in flight.
+        needed = 2 * self.request_timeout_seconds + 5
+        if self.lease_seconds < needed:
+            raise ValueError(
+                f"lease_seconds must be at least 2 × request_timeout_seconds + 5 = {needed:g}"
+            )
+        return self
 
     @property
     def host(self) -> str:

@@ -58,8 +58,19 @@ class Verdict:
     reason: str = ""
 
 
-def check(current: Status, target: Status, outcome: Outcome | None = None) -> Verdict:
-    """May a case in ``current`` move to ``target``?"""
+# What a handling partner may report. Withdrawal is the origin's act and ``failed`` the
+# gateway's; a partner claiming either is recorded and ignored.
+PARTNER_REPORTS: frozenset[Status] = frozenset(
+    {S.DISPATCHED, S.ACCEPTED, S.IN_PROGRESS, S.SUPPLEMENT_REQUIRED, S.COMPLETED, S.REJECTED}
+)
+
+
+def check(
+    current: Status, target: Status, outcome: Outcome | None = None, *, by_partner: bool = False
+) -> Verdict:
+    """May a case in ``current`` move to ``target``? ``by_partner``: the handler reports it."""
+    if by_partner and target not in PARTNER_REPORTS:
+        return Verdict(False, f"a handling partner may not report {target.value}")
     if current in TERMINAL:
         return Verdict(False, f"case is already {current.value}")
     if target not in ALLOWED[current]:

@@ -279,3 +279,13 @@ def test_bundled_demo_loads():
     for partner in config.partners:
         assert partner.adapter is not None
         assert partner.callback_url and partner.callback_secret
+
+
+def test_store_url_of_an_unsupported_kind_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"gateway\.store"):
+        parse({"gateway": {"store": "postgresql://u@h/db"}})
+
+
+def test_lease_shorter_than_two_partner_calls_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"gateway: .*lease_seconds"):
+        parse({"gateway": {"lease_seconds": 20, "request_timeout_seconds": 15}})

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+from adapters.sdk import StatusUpdate
+from gateway.store.base import TransitionResult
 from tests.support import HANDLER, OPERATOR_TOKEN, ORIGIN, World, medical_filing, wait_for, world
 
 
@@ -180,4 +183,17 @@ async def test_partner_may_only_touch_its_own_cases(tmp_path: Path) -> None:
         # The origin posting for itself cannot move a case it does not handle.
         status, answer, _ = await w.origin.call("POST", f"/v1/partners/{ORIGIN}/inbound", forged)
         assert status == 200 and answer["applied"] == 0
+        assert (await w.origin.case(case_id))["status"] == "received"
+
+
+async def test_partner_cannot_report_a_withdrawal(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        w.sims[HANDLER].set_down(True)
+        case_id = await _submit(w, "ZJ-PW-1")
+        # The rest_json table has no withdrawn code; an adapter that produced one is refused.
+        update = StatusUpdate(status="withdrawn", case_id=case_id)
+        t = w.gateway.service.update_transition(HANDLER, update, {}, time.time())
+        (result,) = await w.gateway.store.write([t], time.time())  # type: ignore[union-attr]
+        assert isinstance(result, TransitionResult) and not result.applied
+        assert "may not report withdrawn" in result.reason
         assert (await w.origin.case(case_id))["status"] == "received"

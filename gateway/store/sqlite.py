@@ -484,7 +484,7 @@ class SqliteStore:
                 return self._ignore(t, case, b, "case is not waiting for a supplement")
             target = lifecycle.resume_status(case.prior_status or Status.DISPATCHED)
         outcome = lifecycle.Outcome(t.outcome) if t.outcome else None
-        verdict = lifecycle.check(case.status, target, outcome)
+        verdict = lifecycle.check(case.status, target, outcome, by_partner=t.handler is not None)
         if not verdict.allowed:
             return self._ignore(t, case, b, verdict.reason)
         event = EventRecord(
