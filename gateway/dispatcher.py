@@ -132,7 +132,13 @@ class Dispatcher:
 
     async def _run_job(self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot) -> None:
         try:
-            ops = await self._process(job, case, slot)
+            try:
+                ops = await self._process(job, case, slot)
+            finally:
+                # The slot bounds calls in flight to the partner; the write that follows holds
+                # the job's lease, not the partner's capacity.
+                slot.inflight -= 1
+                self.signal.set()
             results = await self.store.write(ops, self.clock.now())
             if any(isinstance(op, Transition) for op in ops):
                 self.service.wake.deliver()
@@ -141,9 +147,6 @@ class Dispatcher:
             raise
         except Exception:
             log.exception("dispatch job %s failed unexpectedly; its lease will expire", job.job_id)
-        finally:
-            slot.inflight -= 1
-            self.signal.set()
 
     async def _process(
         self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot

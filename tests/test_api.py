@@ -6,6 +6,7 @@ and its effect (nothing stored, nothing sent up to the national hub).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import time
@@ -415,7 +416,7 @@ async def test_event_feed_pages_every_event_once_in_order(tmp_path: Path) -> Non
         for case_id in ids:
 
             async def done(c: str = case_id) -> bool:
-                return (await w.origin.case(c))["status"] == "completed"
+                return bool((await w.origin.case(c))["status"] == "completed")
 
             await wait_for(done, what=f"{case_id} completed")
         histories = {c: (await w.origin.case(c))["history"] for c in ids}
@@ -464,7 +465,7 @@ async def test_health_metrics_openapi_and_unknown_routes(tmp_path: Path) -> None
         case_id = await submit(w, "ZJ-OPS-1")
 
         async def done() -> bool:
-            return (await w.origin.case(case_id))["status"] == "completed"
+            return bool((await w.origin.case(case_id))["status"] == "completed")
 
         await wait_for(done, what="case completed")
 
@@ -502,3 +503,39 @@ async def test_health_metrics_openapi_and_unknown_routes(tmp_path: Path) -> None
         status, problem, h = await w.origin.call("DELETE", "/v1/cases")
         assert_problem(status, problem, h, 405)
         assert "POST" in h.get("Allow", ""), "RFC 9110 §15.5.6: a 405 must carry Allow"
+
+
+# ---- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_gateway_stops_when_work_arrives_as_it_is_told_to_stop(tmp_path: Path) -> None:
+    """Found while running this file in parallel: world() teardown sometimes hung for good.
+
+    The workers park in ``Signal.wait``; a wake-up in the same moment as the stop must not make
+    a worker swallow its cancellation and loop on (``asyncio.wait_for`` on Python 3.11 does).
+    """
+    async with world(tmp_path) as w:
+        case_id = await submit(w, "ZJ-STOP-1")
+
+        async def idle() -> bool:
+            c = await w.origin.case(case_id)
+            return bool(c["status"] == "completed") and all(
+                d["waiting"] == 0 for d in c["deliveries"]
+            )
+
+        await wait_for(idle, what="case completed and delivered")
+        w.gateway.deliverer.wake()
+        w.gateway.dispatcher.wake()
+        stop = asyncio.create_task(w.gateway.supervisor.stop())
+        done, _ = await asyncio.wait({stop}, timeout=5)
+        stuck = sorted(
+            t.get_name()
+            for t in asyncio.all_tasks()
+            if t.get_name() in ("dispatcher", "deliverer") and not t.done()
+        )
+        if stop not in done:  # cancel once more so that the world can be torn down
+            for t in asyncio.all_tasks():
+                if t.get_name() in ("dispatcher", "deliverer"):
+                    t.cancel()
+            await asyncio.wait_for(stop, 5)
+        assert stuck == [], f"workers ignored their cancellation: {stuck}"
