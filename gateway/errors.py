@@ -86,8 +86,18 @@ def field_errors(exc: ValidationError, prefix: Iterable[str | int] = ()) -> list
     """pydantic errors as ``{"loc", "msg", "type"}``, without the offending input."""
     head = list(prefix)
     return [
-        {"loc": head + [p for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+        {"loc": head + _without_tags(e["loc"]), "msg": e["msg"], "type": e["type"]}
         for e in exc.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+# Tags pydantic inserts into a location for a discriminated union; callers never wrote them.
+UNION_TAGS = frozenset({"natural_person", "legal_person"})
+
+
+def _without_tags(loc: tuple[int | str, ...]) -> list[int | str]:
+    return [
+        p for i, p in enumerate(loc) if not (p in UNION_TAGS and i and loc[i - 1] == "applicant")
     ]
 
 

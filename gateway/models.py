@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from gateway.identifiers import IdNumber, RegionCode
+from gateway.identifiers import CreditCode, IdNumber, RegionCode
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -32,9 +32,7 @@ class Representative(Strict):
 
 class LegalPerson(Strict):
     kind: Literal["legal_person"]
-    credit_code: Annotated[
-        str, Field(pattern=r"^[0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}$")
-    ]
+    credit_code: CreditCode
     name: Annotated[str, Field(min_length=1, max_length=200)]
     representative: Representative
 

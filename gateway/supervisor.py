@@ -57,8 +57,11 @@ class Signal:
     async def wait(self, seconds: float, linger: float = 0.0) -> None:
         """Wait until set or ``seconds`` pass. Once set, linger a moment so that work arriving
         together is claimed together: fewer, larger claims under load."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # arrives as the event is set, and the worker would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
         if linger and self._event.is_set():
             await asyncio.sleep(linger)
         self._event.clear()

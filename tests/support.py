@@ -7,7 +7,7 @@ import hashlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ class World:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def simulator(region: str, port: int, gw_port: int, **kw: Any) -> ProvinceSimulator:
+def simulator(region: str, gw_port: int, **kw: Any) -> ProvinceSimulator:
     return ProvinceSimulator(
         SimulatorSettings(
             region=region, gateway_url=f"http://127.0.0.1:{gw_port}", key_id=KEYS[region][0],
@@ -173,23 +173,25 @@ def simulator(region: str, port: int, gw_port: int, **kw: Any) -> ProvinceSimula
 
 @asynccontextmanager
 async def world(tmp_path: Path, **gateway: Any) -> AsyncIterator[World]:
-    gw_port, hub_port = free_port(), free_port()
-    ports = {ORIGIN: free_port(), HANDLER: free_port()}
-    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", gw_port, ports, hub_port, **gateway)
-    sims = {r: simulator(r, p, gw_port) for r, p in ports.items()}
-    hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
-    for r, sim in sims.items():
-        await sim.start("127.0.0.1", ports[r])
-    await hub.start("127.0.0.1", hub_port)
-    gw = Gateway(config, poll_interval=0.05)
-    await gw.start()
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-    base = f"http://127.0.0.1:{gw_port}"
-    try:
+    """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
+    started is stopped again even if a later step of the setup fails."""
+    async with AsyncExitStack() as stack:
+        sims = {r: simulator(r, 0) for r in (ORIGIN, HANDLER)}
+        hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
+        ports = {}
+        for r, sim in sims.items():
+            ports[r] = await sim.start("127.0.0.1", 0)
+            stack.push_async_callback(sim.stop)
+        hub_port = await hub.start("127.0.0.1", 0)
+        stack.push_async_callback(hub.stop)
+        config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, ports, hub_port, **gateway)
+        gw = Gateway(config, poll_interval=0.05)
+        stack.push_async_callback(gw.stop)
+        gw_port = await gw.start()
+        for sim in sims.values():
+            sim.settings.gateway_url = f"http://127.0.0.1:{gw_port}"
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        stack.push_async_callback(session.close)
+        base = f"http://127.0.0.1:{gw_port}"
         yield World(gw, config, sims, hub, Client(session, base, ORIGIN),
                     Client(session, base, HANDLER), session)  # fmt: skip
-    finally:
-        await session.close()
-        await gw.stop()
-        for sim in [*sims.values(), hub]:
-            await sim.stop()

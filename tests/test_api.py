@@ -81,8 +81,8 @@ def signed(
     method: str, path: str, body: bytes, *, region: str = ORIGIN, **kw: Any
 ) -> dict[str, str]:
     key_id, secret = KEYS[region]
-    return {"Content-Type": "application/json", **sign_headers(key_id, secret, method, path, body,
-                                                               **kw)}  # fmt: skip
+    headers = sign_headers(key_id, secret, method, path, body, **kw)
+    return {"Content-Type": "application/json", **headers}
 
 
 async def raw_call(

@@ -115,7 +115,7 @@ async def processes(
 ) -> AsyncIterator[tuple[GatewayProcess, dict[str, ProvinceSimulator], ProvinceSimulator, Client]]:
     port, hub_port = free_port(), free_port()
     ports = {ORIGIN: free_port(), HANDLER: free_port()}
-    sims = {r: simulator(r, p, port) for r, p in ports.items()}
+    sims = {r: simulator(r, port) for r in ports}
     hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
     for r, sim in sims.items():
         await sim.start("127.0.0.1", ports[r])

@@ -193,7 +193,8 @@ def build_app(d: HttpDeps, max_body: int) -> web.Application:
 
 def _from_http(exc: web.HTTPException) -> errors.ApiError:
     """aiohttp's own answers (unknown path, wrong method) as problems too."""
-    err = errors.ApiError(exc.reason)
+    allow = exc.headers.get("Allow")
+    err = errors.ApiError(exc.reason, headers={"Allow": allow} if allow else None)
     err.status, err.title = exc.status, exc.reason
     return err
 
