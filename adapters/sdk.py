@@ -9,7 +9,7 @@ service window) or *permanent* (the partner's own validation refusal).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -141,6 +141,22 @@ class Adapter(Protocol):
     def parse_inbound(self, body: bytes, headers: Mapping[str, str]) -> list[StatusUpdate]:
         """Turn a partner's own message into updates; raise ValueError for a malformed one."""
         ...
+
+
+@runtime_checkable
+class PollingAdapter(Protocol):
+    """An adapter whose partner does not (only) call back: the gateway asks on a schedule.
+
+    ``poll`` gets the cases the partner holds and has not decided yet (it may ignore them, e.g.
+    when it reads a result folder or table instead) and returns whatever updates it found. It
+    must not raise for the partner's behaviour; an exception is logged and the poll retried.
+    """
+
+    poll_interval: float
+
+    async def poll(
+        self, open_cases: Sequence[CanonicalCase], ctx: AdapterContext
+    ) -> list[StatusUpdate]: ...
 
 
 class AdapterFactory(Protocol):

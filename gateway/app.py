@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from gateway.http import openapi
 from gateway.http.app import HttpDeps, build_app
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
+from gateway.poller import Poller
 from gateway.ratelimit import RateLimiter
 from gateway.retry import Circuit
 from gateway.service import CaseService, Counters, Wakeups
@@ -39,9 +41,11 @@ from gateway.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 
-def build_adapters(config: Config) -> dict[str, Adapter]:
+def build_adapters(
+    config: Config, registry: Mapping[str, type[Any]] | None = None
+) -> dict[str, Adapter]:
     """Region → adapter for every partner that handles cases; ConfigError names a bad one."""
-    registry = discover()
+    registry = registry if registry is not None else discover()
     out: dict[str, Adapter] = {}
     for i, p in enumerate(config.partners):
         if p.adapter is None:
@@ -61,6 +65,7 @@ class Gateway:
         clock: Clock | None = None,
         base_dir: Path | None = None,
         poll_interval: float = 0.5,
+        adapter_kinds: Mapping[str, type[Any]] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
@@ -70,7 +75,7 @@ class Gateway:
         self.metrics = Metrics()
         self.supervisor = Supervisor()
         self.contracts = ContractList.load(contracts_path(config, base_dir))
-        self.adapters = build_adapters(config)
+        self.adapters = build_adapters(config, adapter_kinds)
         self.store: Store | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -90,8 +95,10 @@ class Gateway:
             on_result=self.metrics.on_delivery,
         )  # fmt: skip
         service.wake = Wakeups(dispatch=dispatcher.wake, deliver=deliverer.wake)
+        poller = Poller(store=self.store, service=service, partners=dispatcher.partners)
         self.supervisor.start("dispatcher", dispatcher.run)
         self.supervisor.start("deliverer", deliverer.run)
+        self.supervisor.start("poller", poller.run)
         self.service, self.dispatcher, self.deliverer = service, dispatcher, deliverer
         self.runner = web.AppRunner(self._http(service), access_log=None, handle_signals=False)
         await self.runner.setup()

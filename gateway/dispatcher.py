@@ -40,7 +40,7 @@ from gateway.config import RetryPolicy
 from gateway.ids import new_id
 from gateway.lifecycle import Status
 from gateway.retry import Circuit, backoff
-from gateway.service import CaseService
+from gateway.service import CaseService, canonical
 from gateway.store.base import (
     CaseRecord,
     Enqueue,
@@ -260,18 +260,7 @@ class Dispatcher:
             if content is not None:
                 item["content_base64"] = base64.b64encode(content).decode()
             attachments.append(item)
-        return CanonicalCase(
-            case_id=case.case_id,
-            request_id=case.request_id,
-            item_code=case.item_code,
-            contract_version=case.contract_version,
-            origin_region=case.origin_region,
-            handling_region=case.handling_region,
-            applicant=case.applicant,
-            payload=case.payload,
-            attachments=tuple(attachments),
-            partner_ref=case.partner_ref,
-        )
+        return canonical(case, attachments)
 
 
 FULL_ROUND = 64  # a round that claimed this many goes again at once

@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from adapters.sdk import Adapter, StatusUpdate
+from adapters.sdk import Adapter, CanonicalCase, StatusUpdate
 from gateway import errors
 from gateway.clock import Clock, iso
 from gateway.config import Config
@@ -321,6 +321,10 @@ class CaseService:
             updates = adapter.parse_inbound(body, headers)
         except ValueError as exc:
             raise errors.BadRequest(f"the partner message could not be read: {exc}") from None
+        return await self.apply_updates(region, updates)
+
+    async def apply_updates(self, region: str, updates: Sequence[StatusUpdate]) -> dict[str, Any]:
+        """Apply a handling partner's updates (pushed or polled) to the cases it handles."""
         refs = [u.partner_ref for u in updates if not u.case_id and u.partner_ref]
         by_ref = await self.store.find_by_partner_ref(region, refs) if refs else {}
         now = self.clock.now()
@@ -435,6 +439,22 @@ def _may_read(caller: Caller, case: CaseRecord) -> bool:
     if caller.operator:
         return True
     return caller.region in (case.origin_region, case.handling_region)
+
+
+def canonical(case: CaseRecord, attachments: Sequence[Mapping[str, Any]] = ()) -> CanonicalCase:
+    """What an adapter is given of a case."""
+    return CanonicalCase(
+        case_id=case.case_id,
+        request_id=case.request_id,
+        item_code=case.item_code,
+        contract_version=case.contract_version,
+        origin_region=case.origin_region,
+        handling_region=case.handling_region,
+        applicant=case.applicant,
+        payload=case.payload,
+        attachments=tuple(attachments),
+        partner_ref=case.partner_ref,
+    )
 
 
 def render_event(e: EventRecord) -> dict[str, Any]:

@@ -42,7 +42,8 @@ class Supervisor:
         self._tasks.clear()
 
     def alive(self) -> bool:
-        return all(not t.done() for t in self._tasks.values())
+        """Every task is running, or has finished its work (a worker with nothing to do)."""
+        return all(not t.done() or not t.cancelled() for t in self._tasks.values())
 
 
 class Signal:

@@ -283,6 +283,10 @@ class Store(Protocol):
 
     async def dead_jobs(self, limit: int) -> list[JobRecord]: ...
 
+    async def open_cases(self, region: str, limit: int) -> list[CaseRecord]:
+        """Cases that region handles, taken by it and not yet decided: what a poll asks about."""
+        ...
+
     async def get_blob(self, sha256: str) -> bytes | None: ...
 
     async def stats(self, now: float) -> Mapping[str, float]:

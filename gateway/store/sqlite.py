@@ -753,6 +753,15 @@ class SqliteStore:
                 found.update({r[0]: r[1] for r in await cur.fetchall()})
         return found
 
+    async def open_cases(self, region: str, limit: int) -> list[CaseRecord]:
+        async with self._rdb.execute(
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE handling_region = ? AND status IN "
+            "('dispatched', 'accepted', 'in_progress', 'supplement_required') "
+            "ORDER BY updated_at LIMIT ?",
+            (region, limit),
+        ) as cur:
+            return [_case_from_row(r) for r in await cur.fetchall()]
+
     async def dead_jobs(self, limit: int) -> list[JobRecord]:
         async with self._rdb.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'dead' ORDER BY updated_at DESC "
