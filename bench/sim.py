@@ -1,6 +1,6 @@
 """A province simulator in its own process, for the benchmark.
 
-It is :class:`gateway.simulator.ProvinceSimulator` as ``tongban simulate`` runs it, plus the
+It is :class:`gateway.simulators.rest.ProvinceSimulator` as ``tongban simulate`` runs it, plus the
 settings the CLI does not expose (report batch window, retry backoff) and one cheap read-only
 route, ``GET /bench/totals``: the counts of events received, of cases that reached ``completed``
 and of ordering faults, without the full ``/events/state`` dump (which costs the simulator a few
@@ -18,7 +18,7 @@ import signal
 import orjson
 from aiohttp import web
 
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
 
 def totals(sim: ProvinceSimulator) -> dict[str, int]:

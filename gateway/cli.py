@@ -58,7 +58,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from gateway.simulator import ProvinceSimulator, SimulatorSettings
+    from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
     host, _, port = args.listen.rpartition(":")
     settings = SimulatorSettings(

@@ -19,7 +19,7 @@ from gateway.app import Gateway
 from gateway.config import Config, parse
 from gateway.identifiers import id_check_char
 from gateway.signing import sign_headers
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "contracts"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 from tests.support import (
     CALLBACK,
     CONTRACTS,

@@ -18,7 +18,7 @@ from adapters.sdk import (
     discover,
 )
 from gateway.app import Gateway
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 from tests.support import (
     HANDLER,
     HUB_SECRET,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from gateway.config import Config
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
 
 def _port(url: str) -> int:

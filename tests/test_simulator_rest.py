@@ -18,7 +18,7 @@ from adapters.rest_json import RestJsonAdapter, RestJsonSettings
 from adapters.sdk import Accepted, AdapterContext, CanonicalCase, Permanent, Retryable
 from gateway.clock import SystemClock
 from gateway.signing import NonceCache, SignatureError, SignedRequest, sign_headers, verify
-from gateway.simulator import ProvinceSimulator, SimulatorSettings
+from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
 REGION = "510000"
 KEY_ID, SECRET = "sc-key-1", "sc-secret-for-tests"
@@ -480,7 +480,7 @@ async def test_report_loop_restarts_after_a_crash(
         return real(batch)
 
     monkeypatch.setattr(sim, "_encode_reports", flaky)
-    with caplog.at_level(logging.ERROR, logger="gateway.simulator"):
+    with caplog.at_level(logging.ERROR, logger="gateway.simulators.rest"):
         await submit(sim, session, "C-CRASH")
         await eventually(lambda: gateway.codes("C-CRASH") == ["3", "8", "11"], what="reports")
     assert crashes == 1
