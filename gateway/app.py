@@ -22,6 +22,7 @@ from adapters.sdk import Adapter, AdapterContext, MaskingFilter, build, discover
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, ConfigError, contracts_path
+from gateway.contract_ops import ContractOps
 from gateway.contracts import ContractList
 from gateway.delivery import Deliverer
 from gateway.dispatcher import Dispatcher, PartnerSlot
@@ -31,6 +32,7 @@ from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.poller import Poller
 from gateway.ratelimit import RateLimiter
+from gateway.registry import ContractRegistry
 from gateway.retry import Circuit
 from gateway.service import CaseService, Counters, Wakeups
 from gateway.signing import NonceCache
@@ -85,6 +87,8 @@ class Gateway:
         """Open the store, start the workers and the HTTP server; return the bound port."""
         g = self.config.gateway
         self.store = await open_store(g.store, synchronous=g.sqlite_synchronous)
+        self.registry = ContractRegistry(self.store, self.contracts)
+        await self.registry.bootstrap(self.contracts, self.clock.now())
         connector = aiohttp.TCPConnector(limit=512, limit_per_host=128)
         self.session = aiohttp.ClientSession(connector=connector)
         service = self._service(self.store)
@@ -99,6 +103,7 @@ class Gateway:
         self.supervisor.start("dispatcher", dispatcher.run)
         self.supervisor.start("deliverer", deliverer.run)
         self.supervisor.start("poller", poller.run)
+        self.supervisor.start("contracts", self.registry.follow)
         self.service, self.dispatcher, self.deliverer = service, dispatcher, deliverer
         self.runner = web.AppRunner(self._http(service), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -113,7 +118,7 @@ class Gateway:
 
     def _service(self, store: Store) -> CaseService:
         return CaseService(
-            config=self.config, store=store, contracts=self.contracts, adapters=self.adapters,
+            config=self.config, store=store, registry=self.registry, adapters=self.adapters,
             clock=self.clock,
             count=Counters(submitted=self.metrics.on_submit, ignored=self.metrics.on_ignored),
         )  # fmt: skip
@@ -150,6 +155,7 @@ class Gateway:
         deps = HttpDeps(
             service=service, auth=auth, metrics=self.metrics, store=self.store,
             is_ready=self.is_ready, openapi=lambda: document,
+            contracts=ContractOps(self.store, self.registry, self.clock),
         )  # fmt: skip
         return build_app(deps, g.max_body_bytes)
 

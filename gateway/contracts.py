@@ -144,7 +144,7 @@ class ContractList(BaseModel):
     def _tables_exist(self) -> ContractList:
         for code, item in self.items.items():
             for v in item.versions:
-                for path, spec in _walk(v.fields, f"{code}.v{v.version}.fields"):
+                for path, spec in walk(v.fields, f"{code}.v{v.version}.fields"):
                     if spec.code_table and spec.code_table not in self.code_tables:
                         raise ValueError(f"{path}: unknown code table {spec.code_table!r}")
         return self
@@ -160,16 +160,16 @@ class ContractList(BaseModel):
         return cache[key]
 
 
-def _walk(fields: Mapping[str, FieldSpec], prefix: str) -> list[tuple[str, FieldSpec]]:
+def walk(fields: Mapping[str, FieldSpec], prefix: str) -> list[tuple[str, FieldSpec]]:
     """Every field spec with its dotted path, nested objects and list elements included."""
     out: list[tuple[str, FieldSpec]] = []
     for name, spec in fields.items():
         path = f"{prefix}.{name}"
         out.append((path, spec))
         if spec.fields:
-            out += _walk(spec.fields, path)
+            out += walk(spec.fields, path)
         if spec.items:
-            out += _walk({"[]": spec.items}, path)
+            out += walk({"[]": spec.items}, path)
     return out
 
 

@@ -24,6 +24,7 @@ from gateway.contracts import ContractList, ContractVersion, deadline_after, pro
 from gateway.ids import new_id
 from gateway.lifecycle import Status
 from gateway.models import CaseSubmission, Supplement, Withdrawal
+from gateway.registry import ContractRegistry
 from gateway.store.base import (
     CaseDetail,
     CaseFilter,
@@ -77,11 +78,16 @@ class Counters:
 class CaseService:
     config: Config
     store: Store
-    contracts: ContractList
+    registry: ContractRegistry
     adapters: Mapping[str, Adapter]
     clock: Clock
     wake: Wakeups = field(default_factory=Wakeups)
     count: Counters = field(default_factory=Counters)
+
+    @property
+    def contracts(self) -> ContractList:
+        """The contract list in force now (it may change between two calls)."""
+        return self.registry.current
 
     # ---- submit ---------------------------------------------------------------------------
 

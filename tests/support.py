@@ -23,7 +23,8 @@ from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "contracts"
-OPERATOR_TOKEN = "test-operator-token"
+OPERATOR_TOKEN = "test-operator-token"  # role admin
+VIEWER_TOKEN = "test-viewer-token"
 ORIGIN, HANDLER = "330000", "510000"
 KEYS = {
     ORIGIN: ("zj-test-01", "zj-test-secret-0000001"),
@@ -81,7 +82,12 @@ def gateway_config(
                 "name": "ops",
                 "token_sha256": hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest(),
                 "role": "admin",
-            }
+            },
+            {
+                "name": "watcher",
+                "token_sha256": hashlib.sha256(VIEWER_TOKEN.encode()).hexdigest(),
+                "role": "viewer",
+            },
         ],
         "partners": [
             {

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway import errors, models
+from gateway.contract_ops import ContractOps
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.service import CaseService
@@ -48,6 +49,7 @@ class HttpDeps:
     store: Store
     is_ready: Callable[[], bool]
     openapi: Callable[[], dict[str, Any]]
+    contracts: ContractOps
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -133,6 +135,39 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
             raise errors.invalid(["body", "case_ids"], "a list of case ids is required")
         return json(await s.replay(ids))
 
+    async def contracts_active(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.contracts.active())
+
+    async def contracts_revisions(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.contracts.history(_int(request, "limit", 50)))
+
+    async def contracts_item(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.contracts.item(request.match_info["item_code"]))
+
+    async def contracts_validate(request: web.Request) -> web.Response:
+        a.operator(request, "operator")
+        return json(await d.contracts.validate(await a.body(request)))
+
+    async def contracts_publish(request: web.Request) -> web.Response:
+        caller = a.operator(request, "operator")
+        note = request.query.get("note", "")
+        published = await d.contracts.publish(await a.body(request), caller.operator or "", note)
+        return json(published, 201)
+
+    async def contracts_rollback(request: web.Request) -> web.Response:
+        caller = a.operator(request, "admin")
+        raw = await a.body(request)
+        try:
+            revision = orjson.loads(raw or b"{}").get("revision")
+        except (orjson.JSONDecodeError, AttributeError):
+            revision = None
+        if not isinstance(revision, int) or isinstance(revision, bool):
+            raise errors.invalid(["body", "revision"], "an integer revision number is required")
+        return json(await d.contracts.rollback(revision, caller.operator or ""), 201)
+
     async def healthz(request: web.Request) -> web.Response:
         return json({"status": "ok"})
 
@@ -149,7 +184,9 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
     async def openapi(request: web.Request) -> web.Response:
         return json(d.openapi())
 
-    return {name: fn for name, fn in locals().items() if callable(fn) and name not in ("s", "a")}
+    return {
+        name: fn for name, fn in locals().items() if callable(fn) and name not in ("s", "a", "d")
+    }
 
 
 ROUTES: tuple[Route, ...] = (
@@ -175,6 +212,20 @@ ROUTES: tuple[Route, ...] = (
           query=(("limit", "integer"),)),
     Route("POST", "/v1/ops/dead-letters/replay", "replay",
           "Send the dead-lettered jobs of cases on again", "operator"),
+    Route("GET", "/v1/ops/contracts", "contracts_active",
+          "The contract list in force: items and their versions", "viewer"),
+    Route("GET", "/v1/ops/contracts/revisions", "contracts_revisions",
+          "Published revisions, newest first", "viewer", query=(("limit", "integer"),)),
+    Route("GET", "/v1/ops/contracts/items/{item_code}", "contracts_item",
+          "One service item with all its versions", "viewer"),
+    Route("POST", "/v1/ops/contracts/validate", "contracts_validate",
+          "Check a candidate list: errors and a diff against the list in force; changes nothing",
+          "operator"),
+    Route("POST", "/v1/ops/contracts/publish", "contracts_publish",
+          "Publish a candidate list as a new revision (published versions are immutable)",
+          "operator", query=(("note", "string"),)),
+    Route("POST", "/v1/ops/contracts/rollback", "contracts_rollback",
+          "Publish an earlier revision's list again as the newest revision", "admin"),
     Route("GET", "/healthz", "healthz", "Liveness", "none"),
     Route("GET", "/readyz", "readyz", "Readiness: store open and migrated, workers running",
           "none"),

@@ -16,6 +16,7 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "reader": [{"tongbanSignature": []}, {"operatorToken": []}],
     "viewer": [{"operatorToken": []}],
     "operator": [{"operatorToken": []}],
+    "admin": [{"operatorToken": []}],
     "none": [],
 }
 

@@ -122,6 +122,21 @@ class DeliveryClaim:
     events: list[EventRecord]
 
 
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One published revision of the whole contract list (content: its canonical JSON)."""
+
+    revision: int
+    created_at: float
+    author: str
+    note: str
+    content: str
+
+
+class VersionConflict(Exception):
+    """A published version would be stored again with different content."""
+
+
 # ---- operations -------------------------------------------------------------------------------
 
 
@@ -288,6 +303,36 @@ class Store(Protocol):
         ...
 
     async def get_blob(self, sha256: str) -> bytes | None: ...
+
+    # ---- contract list revisions ----
+
+    async def revision_number(self) -> int:
+        """The newest revision's number, 0 if none: cheap, for every process to poll."""
+        ...
+
+    async def get_revision(self, revision: int | None = None) -> RevisionRecord | None:
+        """One revision (the newest when None)."""
+        ...
+
+    async def revisions(self, limit: int) -> list[RevisionRecord]:
+        """Newest first, without content."""
+        ...
+
+    async def published_versions(self) -> dict[tuple[str, int], str]:
+        """Every version ever published → its immutable content (canonical JSON)."""
+        ...
+
+    async def publish_revision(
+        self,
+        content: str,
+        versions: Mapping[tuple[str, int], str],
+        author: str,
+        note: str,
+        now: float,
+    ) -> int:
+        """Store a new revision and its versions atomically; return its number. Raises
+        :class:`VersionConflict` if a version already published is given different content."""
+        ...
 
     async def stats(self, now: float) -> Mapping[str, float]:
         """Gauges for /metrics: pending jobs, dead jobs, pending deliveries, oldest waits."""

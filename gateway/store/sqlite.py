@@ -46,10 +46,12 @@ from gateway.store.base import (
     Op,
     OpResult,
     Replay,
+    RevisionRecord,
     Submit,
     SubmitResult,
     Transition,
     TransitionResult,
+    VersionConflict,
 )
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,22 @@ MIGRATIONS: list[str] = [
         media_type TEXT NOT NULL,
         size INTEGER NOT NULL,
         content BLOB NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE contract_revisions (
+        revision INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        author TEXT NOT NULL,
+        note TEXT NOT NULL,
+        content TEXT NOT NULL
+    );
+    CREATE TABLE contract_versions (
+        item_code TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        content TEXT NOT NULL,
+        PRIMARY KEY (item_code, version)
     );
     """,
 ]
@@ -776,6 +794,73 @@ class SqliteStore:
         ) as cur:
             row = await cur.fetchone()
         return bytes(row[0]) if row else None
+
+    async def revision_number(self) -> int:
+        async with self._rdb.execute("SELECT max(revision) FROM contract_revisions") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def get_revision(self, revision: int | None = None) -> RevisionRecord | None:
+        sql = "SELECT revision, created_at, author, note, content FROM contract_revisions "
+        sql += "ORDER BY revision DESC LIMIT 1" if revision is None else "WHERE revision = ?"
+        params = () if revision is None else (revision,)
+        async with self._rdb.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return RevisionRecord(*row) if row else None
+
+    async def revisions(self, limit: int) -> list[RevisionRecord]:
+        async with self._rdb.execute(
+            "SELECT revision, created_at, author, note, '' FROM contract_revisions "
+            "ORDER BY revision DESC LIMIT ?",
+            (limit,),
+        ) as cur:
+            return [RevisionRecord(*r) for r in await cur.fetchall()]
+
+    async def published_versions(self) -> dict[tuple[str, int], str]:
+        async with self._rdb.execute(
+            "SELECT item_code, version, content FROM contract_versions"
+        ) as cur:
+            return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+
+    async def publish_revision(
+        self,
+        content: str,
+        versions: Mapping[tuple[str, int], str],
+        author: str,
+        note: str,
+        now: float,
+    ) -> int:
+        return await self._in_writer(self._publish, content, dict(versions), author, note, now)
+
+    def _publish(
+        self, content: str, versions: dict[tuple[str, int], str], author: str, note: str, now: float
+    ) -> int:
+        db = self._wdb
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            known = dict(
+                ((r[0], r[1]), r[2])
+                for r in db.execute("SELECT item_code, version, content FROM contract_versions")
+            )
+            for key, body in versions.items():
+                if key in known and known[key] != body:
+                    raise VersionConflict(f"{key[0]} v{key[1]} was published with other content")
+            row = db.execute("SELECT coalesce(max(revision), 0) + 1 FROM contract_revisions")
+            revision = int(row.fetchone()[0])
+            db.execute(
+                "INSERT INTO contract_revisions VALUES (?, ?, ?, ?, ?)",
+                (revision, now, author, note, content),
+            )
+            _insert(
+                db,
+                "INSERT INTO contract_versions (item_code, version, revision, content)",
+                [(k[0], k[1], revision, v) for k, v in versions.items() if k not in known],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return revision
 
     async def stats(self, now: float) -> Mapping[str, float]:
         db = self._rdb
