@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway import contracts_cli
 from gateway.config import Config, ConfigError, demo_config, load
 
 
@@ -93,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT, overriding gateway.listen")
 
     sub.add_parser("openapi", help="print the OpenAPI document of the HTTP API")
+    contracts_cli.add_parser(sub)
 
     demo = sub.add_parser("demo", help="submit sample cases to a running gateway and watch them")
     demo.add_argument("--config", help="the gateway's configuration (default: the demo's)")
@@ -144,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(build(__version__), ensure_ascii=False, indent=2))
         return 0
+    if args.command == "contracts":
+        code: int = asyncio.run(contracts_cli.run(args))
+        return code
     run = {"serve": _serve, "simulate": _simulate, "demo": _demo}[args.command]
     try:
         _run(run(args))
