@@ -96,3 +96,26 @@ def resume_status(before_supplement: Status) -> Status:
 def partner_has_case(status: Status) -> bool:
     """Has the handling partner taken the case (so a withdrawal must be passed on to it)?"""
     return status not in (S.RECEIVED, S.FAILED)
+
+
+def time_limit_clock(
+    status: Status, deadline: float | None, paused_at: float | None, target: Status, at: float
+) -> tuple[float | None, float | None]:
+    """A case's (deadline, paused_at) after it moves from ``status`` to ``target`` at ``at``.
+
+    The time limit (承诺时限) stops while the case waits for the origin's supplement (补正): on
+    entering ``supplement_required`` the clock stops; on leaving it, the deadline moves later by
+    the time it was stopped.
+    """
+    if target is S.SUPPLEMENT_REQUIRED and status is not S.SUPPLEMENT_REQUIRED:
+        return deadline, at
+    if status is S.SUPPLEMENT_REQUIRED and paused_at is not None:
+        return (deadline + (at - paused_at) if deadline is not None else None), None
+    return deadline, paused_at
+
+
+def overdue(status: Status, deadline: float | None, paused_at: float | None, now: float) -> bool:
+    """Past its deadline and not decided; a stopped clock counts only up to when it stopped."""
+    if deadline is None or status in TERMINAL:
+        return False
+    return (paused_at if paused_at is not None else now) > deadline

@@ -124,7 +124,11 @@ class Case(BaseModel):
     partner_ref: str | None = None
     created_at: str
     updated_at: str
-    deadline: str | None
+    deadline: str | None = Field(
+        description="承诺时限: working days from receipt, clock stopped during 补正"
+    )
+    time_limit_stopped: bool = Field(description="the clock is stopped: waiting for a supplement")
+    overdue: bool = Field(description="past the deadline and not yet decided")
     history: list[Event]
     deliveries: list[DeliveryState]
     ignored: list[dict[str, Any]] = Field(

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from adapters.sdk import Adapter, CanonicalCase, StatusUpdate
-from gateway import errors
+from gateway import errors, lifecycle
 from gateway.clock import Clock, iso
 from gateway.config import Config
 from gateway.contracts import ContractList, ContractVersion, deadline_after, province_of
@@ -141,10 +141,10 @@ class CaseService:
         if result.kind == "existing":
             detail = await self.store.get_case(result.case.case_id)
             assert detail is not None
-            return 200, render_case(detail)
+            return 200, render_case(detail, self.clock.now())
         self.wake.dispatch()
         cursors = [CursorRecord(r, case.case_id, 0, 1, 0, now, None) for r in case.recipients]
-        return 202, render_case(CaseDetail(case, [first], cursors, []))
+        return 202, render_case(CaseDetail(case, [first], cursors, []), now)
 
     def _contract(self, item_code: str, number: int | None, origin: str) -> ContractVersion:
         item = self.contracts.items.get(item_code)
@@ -228,7 +228,7 @@ class CaseService:
         detail = await self.store.get_case(case_id)
         if detail is None or not _may_read(caller, detail.case):
             raise errors.NotFound(f"no case {case_id}")  # never confirm another region's case
-        return render_case(detail)
+        return render_case(detail, self.clock.now())
 
     async def list_cases(
         self,
@@ -314,7 +314,7 @@ class CaseService:
         self.wake.deliver()
         detail = await self.store.get_case(case_id)
         assert detail is not None
-        return render_case(detail)
+        return render_case(detail, self.clock.now())
 
     # ---- partner messages -----------------------------------------------------------------
 
@@ -494,7 +494,7 @@ def _summary(c: CaseRecord) -> dict[str, Any]:
     }
 
 
-def render_case(d: CaseDetail) -> dict[str, Any]:
+def render_case(d: CaseDetail, now: float) -> dict[str, Any]:
     c = d.case
     return {
         **_summary(c),
@@ -502,6 +502,8 @@ def render_case(d: CaseDetail) -> dict[str, Any]:
         "result": c.result,
         "partner_ref": c.partner_ref,
         "deadline": iso(c.deadline) if c.deadline else None,
+        "time_limit_stopped": c.paused_at is not None,
+        "overdue": lifecycle.overdue(c.status, c.deadline, c.paused_at, now),
         "history": [render_event(e) for e in d.events],
         "deliveries": [
             {

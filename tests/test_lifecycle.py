@@ -189,3 +189,18 @@ def test_resume_status(before, after):
 )
 def test_partner_has_case(status, has):
     assert partner_has_case(status) is has
+
+
+def test_the_time_limit_clock_stops_during_a_supplement() -> None:
+    from gateway.lifecycle import overdue, time_limit_clock
+
+    deadline = 1_000.0
+    d, paused = time_limit_clock(Status.ACCEPTED, deadline, None, Status.SUPPLEMENT_REQUIRED, 400.0)
+    assert (d, paused) == (1_000.0, 400.0)
+    # stopped: not overdue however late it gets, as it stopped before the deadline
+    assert not overdue(Status.SUPPLEMENT_REQUIRED, d, paused, now=5_000.0)
+    d, paused = time_limit_clock(Status.SUPPLEMENT_REQUIRED, d, paused, Status.ACCEPTED, 700.0)
+    assert (d, paused) == (1_300.0, None)
+    assert not overdue(Status.ACCEPTED, d, paused, now=1_299.0)
+    assert overdue(Status.ACCEPTED, d, paused, now=1_301.0)
+    assert not overdue(Status.COMPLETED, d, paused, now=9_999.0)

@@ -119,12 +119,16 @@ async def test_supplement_round_trip_resumes_the_case(tmp_path: Path) -> None:
         await wait_for(
             lambda: _settled(w, case_id, "supplement_required"), what="supplement requested"
         )
+        waiting = await w.origin.case(case_id)
+        assert waiting["time_limit_stopped"] is True and waiting["overdue"] is False
         status, case, _ = await w.origin.call(
             "POST", f"/v1/cases/{case_id}/supplements",
             {"note": "已补充居住证明", "payload": {"residence_proof": "居住证 330100-2026-001"}},
         )  # fmt: skip
         assert status == 200, case
         assert case["history"][-1]["data"]["supplement"] is True
+        assert case["time_limit_stopped"] is False
+        assert case["deadline"] > waiting["deadline"]  # moved by the time the clock stood
         await wait_for(lambda: _settled(w, case_id), what="case completed after supplement")
         statuses = [e["status"] for e in (await w.origin.case(case_id))["history"]]
         assert statuses == ["received", "dispatched", "accepted", "supplement_required",

@@ -47,6 +47,7 @@ class CaseRecord:
     deadline: float | None
     last_seq: int
     prior_status: Status | None = None  # the status before supplement_required
+    paused_at: float | None = None  # when the time-limit clock stopped (补正), if it is stopped
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ MIGRATIONS: list[str] = [
         note TEXT NOT NULL,
         content TEXT NOT NULL
     );
+    ALTER TABLE cases ADD COLUMN paused_at REAL;
     CREATE TABLE contract_versions (
         item_code TEXT NOT NULL,
         version INTEGER NOT NULL,
@@ -171,7 +172,7 @@ MIGRATIONS: list[str] = [
 _CASE_COLUMNS = (
     "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
     "status, prior_status, outcome, result, partner_ref, body_hash, applicant, payload, "
-    "attachments, recipients, created_at, updated_at, deadline, last_seq"
+    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at"
 )
 _EVENT_COLUMNS = (
     "feed_id, event_id, case_id, seq, status, outcome, at, item_code, contract_version, "
@@ -207,6 +208,7 @@ def _case_from_row(row: Sequence[Any]) -> CaseRecord:
         updated_at=row[18],
         deadline=row[19],
         last_seq=row[20],
+        paused_at=row[21],
     )
 
 
@@ -217,7 +219,7 @@ def _case_row(c: CaseRecord) -> tuple[Any, ...]:
         c.prior_status.value if c.prior_status else None, c.outcome,
         _dumps(c.result) if c.result is not None else None, c.partner_ref, c.body_hash,
         _dumps(c.applicant), _dumps(c.payload), _dumps(c.attachments), _dumps(c.recipients),
-        c.created_at, c.updated_at, c.deadline, c.last_seq,
+        c.created_at, c.updated_at, c.deadline, c.last_seq, c.paused_at,
     )  # fmt: skip
 
 
@@ -225,7 +227,7 @@ def _case_update_row(c: CaseRecord) -> tuple[Any, ...]:
     return (
         c.status.value, c.prior_status.value if c.prior_status else None, c.outcome,
         _dumps(c.result) if c.result is not None else None, c.partner_ref, c.updated_at,
-        c.last_seq, c.case_id,
+        c.last_seq, c.deadline, c.paused_at, c.case_id,
     )  # fmt: skip
 
 
@@ -518,9 +520,14 @@ class SqliteStore:
             handling_region=case.handling_region,
             data=t.data,
         )
+        deadline, paused_at = lifecycle.time_limit_clock(
+            case.status, case.deadline, case.paused_at, target, t.at
+        )
         updated = replace(
             case,
             status=target,
+            deadline=deadline,
+            paused_at=paused_at,
             prior_status=case.status if target is Status.SUPPLEMENT_REQUIRED else case.prior_status,
             outcome=t.outcome if target is Status.COMPLETED else case.outcome,
             result=t.result if t.result is not None else case.result,
@@ -553,7 +560,8 @@ class SqliteStore:
             db,
             "UPDATE cases SET status = v.column1, prior_status = v.column2, outcome = v.column3, "
             "result = v.column4, partner_ref = v.column5, updated_at = v.column6, "
-            "last_seq = v.column7 FROM (VALUES {values}) AS v WHERE cases.case_id = v.column8",
+            "last_seq = v.column7, deadline = v.column8, paused_at = v.column9 "
+            "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column10",
             [_case_update_row(b.cases[i]) for i in b.changed],
         )
         _insert(
