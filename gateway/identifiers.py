@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from operator import mul
 from typing import Annotated
 
 from pydantic import AfterValidator
@@ -19,6 +20,8 @@ _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
 _CREDIT_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 _CREDIT_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+_ID_ZERO = ord("0") * sum(_ID_WEIGHTS)
+_CREDIT_VALUE = {c: i for i, c in enumerate(_CREDIT_ALPHABET)}
 
 PROVINCES: dict[str, str] = {
     "11": "北京", "12": "天津", "13": "河北", "14": "山西", "15": "内蒙古",
@@ -37,7 +40,10 @@ _REGION_SHAPE = re.compile(r"[0-9]{6}")
 
 def id_check_char(first17: str) -> str:
     """The GB 11643 check character for the first seventeen digits."""
-    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS, strict=True))
+    if len(first17) != 17:
+        raise ValueError("the check character covers exactly seventeen digits")
+    # ASCII digits minus ord("0"), weighted: map() keeps the loop in C (it is on the submit path).
+    total = sum(map(mul, first17.encode("ascii"), _ID_WEIGHTS)) - _ID_ZERO
     return _ID_CHECK[total % 11]
 
 
@@ -59,9 +65,9 @@ def id_number_problem(value: str) -> str | None:
 
 
 def credit_check_char(first17: str) -> str:
-    total = sum(
-        _CREDIT_ALPHABET.index(c) * w for c, w in zip(first17, _CREDIT_WEIGHTS, strict=True)
-    )
+    if len(first17) != 17:
+        raise ValueError("the check character covers exactly seventeen characters")
+    total = sum(map(mul, map(_CREDIT_VALUE.__getitem__, first17), _CREDIT_WEIGHTS))
     return _CREDIT_ALPHABET[(31 - total % 31) % 31]
 
 
