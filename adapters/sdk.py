@@ -150,6 +150,7 @@ class PollingAdapter(Protocol):
     ``poll`` gets the cases the partner holds and has not decided yet (it may ignore them, e.g.
     when it reads a result folder or table instead) and returns whatever updates it found. It
     must not raise for the partner's behaviour; an exception is logged and the poll retried.
+    The gateway calls ``poll`` again only once everything the previous call returned is stored.
     """
 
     poll_interval: float
@@ -167,9 +168,12 @@ class AdapterFactory(Protocol):
 
 
 def builtin_adapters() -> dict[str, type[Any]]:
+    from adapters.async_ticket import AsyncTicketAdapter
+    from adapters.file_exchange import FileExchangeAdapter
     from adapters.rest_json import RestJsonAdapter
 
-    return {RestJsonAdapter.kind: RestJsonAdapter}
+    kinds = (RestJsonAdapter, AsyncTicketAdapter, FileExchangeAdapter)
+    return {cls.kind: cls for cls in kinds}
 
 
 def discover() -> dict[str, type[Any]]:

@@ -1,5 +1,9 @@
 """The poller: asks partners whose adapters poll (tickets, result folders, front-end database
-tables) for news on a schedule, and applies what they report like any pushed message."""
+tables) for news on a schedule, and applies what they report like any pushed message.
+
+Contract with polling adapters: ``poll`` is called again only after everything the previous call
+returned has been stored.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 
-from adapters.sdk import PollingAdapter
+from adapters.sdk import PollingAdapter, StatusUpdate
 from gateway.dispatcher import PartnerSlot
 from gateway.service import CaseService, canonical
 from gateway.store.base import Store
@@ -57,5 +61,19 @@ class Poller:
             return 0
         if not updates:
             return 0
-        result = await self.service.apply_updates(region, updates)
-        return int(result["applied"])
+        return await self._store(region, updates)
+
+    async def _store(self, region: str, updates: list[StatusUpdate]) -> int:
+        """Store what a poll returned before polling that partner again, however long it takes:
+        an adapter may take its next poll as proof that the last one's updates are stored (and,
+        say, archive the result files they came from)."""
+        delay = 0.1
+        while True:
+            try:
+                result = await self.service.apply_updates(region, updates)
+                return int(result["applied"])
+            except Exception as exc:
+                log.error("storing a poll of %s failed (%s); retrying", region,
+                          type(exc).__name__)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
