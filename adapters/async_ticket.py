@@ -61,6 +61,7 @@ from adapters.sdk import (
     Permanent,
     Retryable,
     StatusUpdate,
+    printable_code,
 )
 from gateway.lifecycle import PARTNER_REPORTS
 
@@ -84,7 +85,6 @@ DECISION_REPEAT_SECONDS = 60.0
 DECISION_REPEATS = 10
 
 _SECONDS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: "²" is a digit to str.isdigit()
-_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 def sign(app_key: str, app_secret: str, timestamp: str) -> str:
@@ -102,12 +102,6 @@ def _scalar(value: object) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return None
     return str(value)
-
-
-def _printable(code: object) -> str:
-    """A partner's code, only if it looks like one: some platforms put their message there."""
-    text = _scalar(code)
-    return text if text is not None and _CODE.fullmatch(text) else "<not a code>"
 
 
 class AsyncTicketSettings(AdapterSettings):
@@ -290,7 +284,7 @@ class AsyncTicketAdapter:
             answer = None
         if not 200 <= status < 300:
             code = answer.get("code") if isinstance(answer, dict) else None
-            suffix = f", code {_printable(code)}" if code is not None else ""
+            suffix = f", code {printable_code(code)}" if code is not None else ""
             return Permanent(f"HTTP {status}{suffix}")
         if answer is None:
             return Retryable("answer is not JSON")
@@ -298,7 +292,7 @@ class AsyncTicketAdapter:
             return Retryable("answer is not a JSON object")
         if answer.get("code") is None:
             return answer  # no code under 2xx: success
-        text = _printable(answer["code"])
+        text = printable_code(answer["code"])
         if text in self.settings.ok_codes:
             return answer
         if text in self.settings.busy_codes:

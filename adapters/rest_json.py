@@ -30,6 +30,7 @@ from adapters.sdk import (
     Permanent,
     Retryable,
     StatusUpdate,
+    printable_code,
 )
 
 # One platform's table (1 已接件, 3 已受理, 4 不受理, 6 补正, 8 开始办理, 11 办结).
@@ -131,10 +132,10 @@ class RestJsonAdapter:
             return Retryable(f"partner answered HTTP {status} with an unexpected JSON shape")
         code = str(answer.get("code", "0" if status < 300 else status))
         if code in self.settings.busy_codes:
-            return Retryable(f"partner busy (code {_printable(code)})")
+            return Retryable(f"partner busy (code {printable_code(code)})")
         if status >= 400 or code not in self.settings.ok_codes:
             return Permanent(
-                f"partner refused the request (HTTP {status}, code {_printable(code)})"
+                f"partner refused the request (HTTP {status}, code {printable_code(code)})"
             )
         ref = answer.get("ticket")
         updates: tuple[StatusUpdate, ...] = ()
@@ -198,9 +199,3 @@ class RestJsonAdapter:
 
 
 _SECONDS = re.compile(r"[0-9]{1,9}")
-_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-
-
-def _printable(code: str) -> str:
-    """A partner's error code, only if it looks like a code: free text may quote the applicant."""
-    return code if _CODE.fullmatch(code) else "<not a code>"

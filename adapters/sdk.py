@@ -9,6 +9,7 @@ service window) or *permanent* (the partner's own validation refusal).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -83,6 +84,22 @@ class Permanent:
 
 
 Outcome = Accepted | Retryable | Permanent
+
+
+_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_DIGIT_RUN = re.compile(r"[0-9]{7}")
+
+
+def printable_code(code: object) -> str:
+    """A partner's error code for a reason or a log line, only if it looks like a code.
+
+    Some platforms put a message in the code field, or the applicant's ID or phone number; free
+    text and long runs of digits are replaced, so no personal data reaches a reason.
+    """
+    if isinstance(code, bool) or not isinstance(code, str | int):
+        return "<not a code>"
+    text = str(code)
+    return text if _CODE.fullmatch(text) and not _DIGIT_RUN.search(text) else "<not a code>"
 
 
 # ---- context and protocol ---------------------------------------------------------------------
@@ -171,8 +188,9 @@ def builtin_adapters() -> dict[str, type[Any]]:
     from adapters.async_ticket import AsyncTicketAdapter
     from adapters.file_exchange import FileExchangeAdapter
     from adapters.rest_json import RestJsonAdapter
+    from adapters.soap_xml import SoapXmlAdapter
 
-    kinds = (RestJsonAdapter, AsyncTicketAdapter, FileExchangeAdapter)
+    kinds = (RestJsonAdapter, SoapXmlAdapter, AsyncTicketAdapter, FileExchangeAdapter)
     return {cls.kind: cls for cls in kinds}
 
 

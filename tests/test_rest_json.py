@@ -280,3 +280,14 @@ def test_rejection_with_a_non_object_result_does_not_crash(result):
 
 def test_empty_report_list():
     assert adapter().parse_inbound(body({"reports": []}), {}) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "shown"),
+    [("E1001", "E1001"), ("11010519491231002X", "<not a code>"), ("13800000000", "<not a code>"),
+     ("身份证号校验失败", "<not a code>"), (True, "<not a code>"), (503, "503")],
+)  # fmt: skip
+def test_partner_codes_in_reasons_never_carry_an_identifier(code: object, shown: str) -> None:
+    from adapters.sdk import printable_code
+
+    assert printable_code(code) == shown
