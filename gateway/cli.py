@@ -39,37 +39,35 @@ async def _serve(args: argparse.Namespace) -> None:
         config = config.model_copy(
             update={"gateway": config.gateway.model_copy(update={"listen": args.listen})}
         )
-    gateway = Gateway(config, base_dir=base)
-    partners = None
-    if config.demo:
-        from gateway.demo.partners import DemoPartners
+    async with contextlib.AsyncExitStack() as stack:
+        if config.demo:
+            from gateway.demo.partners import DemoPartners
 
-        partners = DemoPartners(config, f"http://{config.gateway.listen}")
-        await partners.start()
-    try:
+            partners = DemoPartners(config, f"http://{config.gateway.listen}", Path("var/demo"))
+            stack.push_async_callback(partners.stop)
+            config = await partners.start()
+        gateway = Gateway(config, base_dir=base)
+        stack.push_async_callback(gateway.stop)
         port = await gateway.start()
         print(f"tongban gateway listening on http://{config.gateway.host}:{port}", flush=True)
         if config.demo:
             print("demo partners running; submit sample cases with: tongban demo", flush=True)
         await _until_signalled()
-    finally:
-        await gateway.stop()
-        if partners:
-            await partners.stop()
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
+    from gateway.simulators import launch
 
     host, _, port = args.listen.rpartition(":")
-    settings = SimulatorSettings(
+    partner = launch.Partner(
         region=args.region, gateway_url=args.gateway, key_id=args.key_id, secret=args.secret,
         callback_secret=args.callback_secret, latency=args.latency,
         failure_rate=args.failure_rate, deny_rate=args.deny_rate,
     )  # fmt: skip
-    sim = ProvinceSimulator(settings)
-    bound = await sim.start(host or "127.0.0.1", int(port))
-    print(f"simulating {args.region} ({args.style}) on http://{host}:{bound}", flush=True)
+    folder = Path(args.folder)
+    sim, table = await launch.start(args.style, partner, host or "127.0.0.1", int(port), folder)
+    print(f"simulating {args.region} ({args.style}); the gateway's adapter table for it:")
+    print(json.dumps(table, ensure_ascii=False), flush=True)
     try:
         await _until_signalled()
     finally:
@@ -102,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=int, default=12, help="how many cases to submit")
 
     sim = sub.add_parser("simulate", help="play a province's platform on loopback")
-    sim.add_argument("--style", choices=["rest"], default="rest")
+    sim.add_argument("--style", choices=["rest", "soap", "ticket", "files"], default="rest")
+    sim.add_argument("--folder", default="var/simulator", help="files style: outbox and inbox")
     sim.add_argument("--region", required=True)
     sim.add_argument("--listen", default="127.0.0.1:9101")
     sim.add_argument("--gateway", default="http://127.0.0.1:8080")

@@ -127,6 +127,7 @@ class Client:
     session: aiohttp.ClientSession
     base: str
     region: str
+    key: tuple[str, str] | None = None  # (key id, secret); default: the region's test key
 
     async def call(
         self,
@@ -141,7 +142,7 @@ class Client:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else b"")
         h = {"Content-Type": "application/json"} if data else {}
         if sign:
-            key_id, secret = KEYS[self.region]
+            key_id, secret = self.key or KEYS[self.region]
             h.update(sign_headers(key_id, secret, method, path, data))
         h.update(headers or {})
         async with self.session.request(method, self.base + path, data=data, headers=h) as r:
