@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml examples/adapter-template/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps -e examples/adapter-template
 	touch $(STAMP)
 
 ## Run the gateway on its embedded default (SQLite under ./var, demo partners).
@@ -22,9 +23,10 @@ demo: $(STAMP)
 
 ## The whole test suite: lint, types, tests.
 test: $(STAMP)
-	$(BIN)/ruff check gateway adapters tests bench
-	$(BIN)/ruff format --check gateway adapters tests bench
+	$(BIN)/ruff check gateway adapters tests bench examples
+	$(BIN)/ruff format --check gateway adapters tests bench examples
 	$(BIN)/mypy
+	$(BIN)/mypy --strict examples/adapter-template/src
 	$(BIN)/pytest -q
 
 ## Throughput and latency figures (installs wrk from Debian's packages if missing).
