@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from gateway.clock import Clock
 
 ENTRY_POINT_GROUP = "tongban.adapters"
+log = logging.getLogger(__name__)
 
 
 # ---- canonical data handed to adapters -------------------------------------------------------
@@ -195,10 +196,18 @@ def builtin_adapters() -> dict[str, type[Any]]:
 
 
 def discover() -> dict[str, type[Any]]:
-    """Built-in adapter classes plus third-party ones registered under ``tongban.adapters``."""
+    """Built-in adapter classes plus third-party ones registered under ``tongban.adapters``.
+
+    A built-in kind cannot be replaced, and of two packages registering the same kind the first
+    wins; either case is logged, since a silently ignored adapter is hard to debug.
+    """
     found = builtin_adapters()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, ep.load())
+        if ep.name in found:
+            log.warning("adapter kind %r from %s ignored: the kind is already taken",
+                        ep.name, ep.value)  # fmt: skip
+            continue
+        found[ep.name] = ep.load()
     return found
 
 
