@@ -138,12 +138,13 @@ class Client:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
         sign: bool = True,
+        scheme: str = "hmac-sha256",
     ) -> tuple[int, Any, dict[str, str]]:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else b"")
         h = {"Content-Type": "application/json"} if data else {}
         if sign:
             key_id, secret = self.key or KEYS[self.region]
-            h.update(sign_headers(key_id, secret, method, path, data))
+            h.update(sign_headers(key_id, secret, method, path, data, scheme=scheme))
         h.update(headers or {})
         async with self.session.request(method, self.base + path, data=data, headers=h) as r:
             text = await r.read()

@@ -48,3 +48,14 @@ async def test_repeat_is_idempotent_and_changed_body_conflicts(tmp_path: Path) -
         assert s3 == 409
         assert headers["Content-Type"].startswith("application/problem+json")
         assert "ZJ-2" in problem["detail"]
+
+
+async def test_a_case_signed_with_hmac_sm3_is_accepted(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        body = medical_filing("ZJ-SM3-1")
+        status, case, _ = await w.origin.call("POST", "/v1/cases", body, scheme="hmac-sm3")
+        assert status == 202, case
+        status, same, _ = await w.origin.call(
+            "GET", f"/v1/cases/{case['case_id']}", scheme="hmac-sm3"
+        )
+        assert status == 200 and same["case_id"] == case["case_id"]
