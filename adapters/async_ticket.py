@@ -186,11 +186,13 @@ class AsyncTicketAdapter:
 
     kind: ClassVar[str] = "async_ticket"
     Settings: ClassVar[type[AdapterSettings]] = AsyncTicketSettings
+    poll_interval: float  # set only when the mode polls: only then is this a PollingAdapter
 
     def __init__(self, settings: AdapterSettings) -> None:
         assert isinstance(settings, AsyncTicketSettings)
         self.settings = settings
-        self.poll_interval: float = settings.poll_interval
+        if settings.mode != "callback":
+            self.poll_interval = settings.poll_interval
         # Per ticket, what a poll last reported: so an unchanged status is not reported on every
         # poll. Tickets no longer open are dropped after a grace period, so it stays small.
         self._reported: dict[str, _Reported] = {}
