@@ -188,10 +188,17 @@ class AdapterFactory(Protocol):
 def builtin_adapters() -> dict[str, type[Any]]:
     from adapters.async_ticket import AsyncTicketAdapter
     from adapters.file_exchange import FileExchangeAdapter
+    from adapters.frontdb_exchange import FrontDbAdapter
     from adapters.rest_json import RestJsonAdapter
     from adapters.soap_xml import SoapXmlAdapter
 
-    kinds = (RestJsonAdapter, SoapXmlAdapter, AsyncTicketAdapter, FileExchangeAdapter)
+    kinds = (
+        RestJsonAdapter,
+        SoapXmlAdapter,
+        AsyncTicketAdapter,
+        FileExchangeAdapter,
+        FrontDbAdapter,
+    )
     return {cls.kind: cls for cls in kinds}
 
 

@@ -167,6 +167,10 @@ class Gateway:
         if self.runner:
             await self.runner.cleanup()
         await self.supervisor.stop()
+        for adapter in self.adapters.values():
+            close = getattr(adapter, "close", None)  # adapters holding pools may have one
+            if close is not None:
+                await close()
         if self.session:
             await self.session.close()
         if self.store:

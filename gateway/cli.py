@@ -100,8 +100,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=int, default=12, help="how many cases to submit")
 
     sim = sub.add_parser("simulate", help="play a province's platform on loopback")
-    sim.add_argument("--style", choices=["rest", "soap", "ticket", "files"], default="rest")
-    sim.add_argument("--folder", default="var/simulator", help="files style: outbox and inbox")
+    sim.add_argument(
+        "--style", choices=["rest", "soap", "ticket", "files", "frontdb"], default="rest"
+    )
+    sim.add_argument(
+        "--folder", default="var/simulator", help="files and frontdb styles: where they live"
+    )
     sim.add_argument("--region", required=True)
     sim.add_argument("--listen", default="127.0.0.1:9101")
     sim.add_argument("--gateway", default="http://127.0.0.1:8080")
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiosqlite logs every statement with its parameters at DEBUG: parameters can be a person's
+    # data, which must never reach a log, whatever the log level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     if args.command == "openapi":
         from gateway import __version__
         from gateway.http.openapi import build

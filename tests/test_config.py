@@ -273,9 +273,11 @@ def test_load_of_a_bad_file_names_the_file_and_key(tmp_path: Path):
 def test_bundled_demo_loads():
     config = demo_config()
     assert config.demo is True
-    assert {p.region for p in config.partners} == {"330000", "510000", "440000", "320000"}
+    assert {p.region for p in config.partners} == {"330000", "510000", "440000", "320000", "420000"}
     assert config.national_hub is not None
-    assert len(config.key_regions()) == 4
+    assert len(config.key_regions()) == 5
+    kinds = {(p.adapter or {}).get("kind") for p in config.partners}
+    assert kinds == {"rest_json", "soap_xml", "async_ticket", "file_exchange", "frontdb_exchange"}
     for partner in config.partners:
         assert partner.adapter is not None
         assert partner.callback_url and partner.callback_secret

@@ -10,14 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-Style = Literal["rest", "soap", "ticket", "files"]
-STYLES: tuple[Style, ...] = ("rest", "soap", "ticket", "files")
+Style = Literal["rest", "soap", "ticket", "files", "frontdb"]
+STYLES: tuple[Style, ...] = ("rest", "soap", "ticket", "files", "frontdb")
 # The adapter kind that speaks each style.
 KIND_STYLE: dict[str, Style] = {
     "rest_json": "rest",
     "soap_xml": "soap",
     "async_ticket": "ticket",
     "file_exchange": "files",
+    "frontdb_exchange": "frontdb",
 }
 
 
@@ -78,14 +79,29 @@ async def start(
             "app_secret": ticket_settings.app_secret,
         }  # fmt: skip
         return ticket, table
+    if style == "frontdb":
+        from gateway.simulators.frontdb import FrontDbProvinceSimulator, FrontDbSimulatorSettings
+
+        _make_dirs(folder)
+        dsn = f"sqlite:///{folder / 'frontdb.db'}"
+        db = FrontDbProvinceSimulator(FrontDbSimulatorSettings(
+            dsn=dsn, region=p.region, latency=p.latency, failure_rate=p.failure_rate,
+            deny_rate=p.deny_rate,
+        ))  # fmt: skip
+        await db.start()
+        return db, {"kind": "frontdb_exchange", "dsn": dsn, "poll_interval": 0.5}
     from gateway.simulators.files import FileProvinceSimulator, FileSimulatorSettings
 
     files_settings = FileSimulatorSettings(
         region=p.region, outbox=folder / "outbox", inbox=folder / "inbox", latency=p.latency,
         failure_rate=p.failure_rate, deny_rate=p.deny_rate,
     )  # fmt: skip
-    for sub in (files_settings.outbox, files_settings.inbox):
-        sub.mkdir(parents=True, exist_ok=True)
+    _make_dirs(files_settings.outbox, files_settings.inbox)
     files = FileProvinceSimulator(files_settings)
     await files.start()
     return files, files_settings.adapter_table(folder / "archive", poll_interval=0.5)
+
+
+def _make_dirs(*folders: Path) -> None:
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
