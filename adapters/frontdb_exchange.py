@@ -512,6 +512,7 @@ class FrontDbAdapter:
 
     def __init__(self, settings: AdapterSettings) -> None:
         assert isinstance(settings, FrontDbSettings)
+        self._handed: list[Any] = []  # ids the last poll returned, to mark taken next time
         self.settings = s = settings
         self.poll_interval: float = s.poll_interval
         self.db = FrontDb(s.dsn.get_secret_value(), timeout=s.timeout, max_size=s.pool_max_size)
@@ -669,8 +670,14 @@ class FrontDbAdapter:
     async def poll(
         self, open_cases: Sequence[CanonicalCase], ctx: AdapterContext
     ) -> list[StatusUpdate]:
-        """Take up to ``batch`` untaken downward rows, oldest first; never raises for the
-        database's behaviour (a failure is logged and the next poll tries again)."""
+        """Read up to ``batch`` untaken downward rows, oldest first; never raises for the
+        database's behaviour (a failure is logged and the next poll tries again).
+
+        Rows are marked taken one poll later, in the transaction of the next poll: the gateway
+        polls again only once it has stored what the last poll returned, so a crash in between
+        leaves the rows untaken and they are read again (repeats are ignored by the state
+        machine), never lost. Unreadable rows are marked at once: they carry nothing to store.
+        """
         try:
             async with asyncio.timeout(self._timeout(ctx)):
                 return await self._take(ctx)
@@ -686,12 +693,12 @@ class FrontDbAdapter:
             f"WHERE {self._q(c.taken)} = '{s.untaken_flag}' ORDER BY {self._q(c.id)} LIMIT ?"
         )
         updates: list[StatusUpdate] = []
+        stamp = self._stamp(ctx.clock.now())
         async with self.db.transaction() as tx:
+            await self._mark(tx, self._handed, s.taken_flag, stamp)  # stored by now
             if tx.dialect == "postgres":
                 select += " FOR UPDATE SKIP LOCKED"
             rows = await tx.fetch(select, s.batch)
-            if not rows:
-                return []
             taken, unreadable = [], []
             for raw in sorted(rows, key=lambda r: r[0]):
                 row = dict(zip(self._down_fields, raw, strict=True))
@@ -703,10 +710,10 @@ class FrontDbAdapter:
                     ctx.logger.warning(
                         "row %s of %s is unreadable: %s", row["id"], s.down_table, exc
                     )
-            stamp = self._stamp(ctx.clock.now())
-            await self._mark(tx, taken, s.taken_flag, stamp)
             await self._mark(tx, unreadable, s.unreadable_flag or s.taken_flag, stamp)
-        ctx.logger.debug("took %d row(s) from %s", len(rows), s.down_table)
+        self._handed = taken  # the transaction committed: mark these on the next poll
+        if rows:
+            ctx.logger.debug("read %d row(s) from %s", len(rows), s.down_table)
         return updates
 
     async def _mark(self, tx: Tx, ids: list[Any], flag: str, stamp: str) -> None:

@@ -381,9 +381,25 @@ async def test_poll_maps_rows_and_marks_them_taken(
     assert updates[4].data == {"message": "请补充户口簿"}
     assert updates[0].partner_event_id == "SJ_JG_DOWN:1"
     rows = await partner.rows("down")
+    # Unreadable rows are marked at once; the rest only on the next poll, once stored.
+    assert [int(r["QZBZ"]) for r in rows] == [0, 0, 0, 0, 2, 2, 0, 2]
+    assert await adapter.poll([], ctx) == []  # nothing is read twice
+    rows = await partner.rows("down")
     assert [int(r["QZBZ"]) for r in rows] == [1, 1, 1, 1, 2, 2, 1, 2]
     assert all(r["QZSJ"] == "20270115160000" for r in rows)
-    assert await adapter.poll([], ctx) == []  # nothing is taken twice
+
+
+async def test_rows_of_a_poll_whose_updates_were_not_stored_are_read_again(
+    dsn: str, make: Factory, partner: FrontDbProvinceSimulator, ctx: AdapterContext
+) -> None:
+    await down_row(dsn, case(1).case_id, "4", BJJG="1")
+    first = make()
+    assert [u.status for u in await first.poll([], ctx)] == ["completed"]
+    # The gateway died before storing them: a new process (a new adapter) reads them again.
+    again = make()
+    assert [u.status for u in await again.poll([], ctx)] == ["completed"]
+    assert await again.poll([], ctx) == []
+    assert [int(r["QZBZ"]) for r in await partner.rows("down")] == [1]
 
 
 async def test_poll_takes_at_most_batch_rows_oldest_first(
@@ -401,7 +417,7 @@ async def test_poll_takes_at_most_batch_rows_oldest_first(
     ]
 
 
-async def test_two_concurrent_pollers_never_take_the_same_row(
+async def test_concurrent_pollers_read_every_row_and_every_row_ends_taken(
     dsn: str, make: Factory, partner: FrontDbProvinceSimulator, ctx: AdapterContext
 ) -> None:
     total = 300
@@ -418,7 +434,8 @@ async def test_two_concurrent_pollers_never_take_the_same_row(
     gateways = [make(batch=7), make(batch=7), make(batch=11)]
     results = await asyncio.gather(*(drain(g) for g in gateways))
     every = [event for result in results for event in result]
-    assert len(every) == total
+    # At least once: a row read by one poller may be read by another before it is marked taken
+    # (repeats are ignored by the gateway's state machine); none is missed.
     assert len(set(every)) == total
     rows = await partner.rows("down")
     assert all(int(r["QZBZ"]) == 1 for r in rows)
