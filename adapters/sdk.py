@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -107,16 +108,43 @@ def printable_code(code: object) -> str:
 
 
 class MaskingFilter(logging.Filter):
-    """Drops log records that would carry a known sensitive value; masks them in the message."""
+    """Masks known sensitive values (``***``) in every record that passes the adapter's logger.
+
+    The gateway registers the values of each case while an adapter works on it (:meth:`masking`)
+    — the applicant's ID number, name and phone and the contract's sensitive fields — so an
+    adapter that logs a request by mistake still leaks nothing.
+    """
 
     def __init__(self, sensitive: frozenset[str] = frozenset()) -> None:
         super().__init__()
-        self.sensitive = sensitive
+        self._counts: dict[str, int] = dict.fromkeys(sensitive, 1)
+
+    @property
+    def sensitive(self) -> frozenset[str]:
+        return frozenset(self._counts)
+
+    @contextmanager
+    def masking(self, values: Iterable[str]) -> Iterator[None]:
+        """Mask ``values`` for as long as the block runs (calls may overlap)."""
+        held = [v for v in set(values) if len(v) >= 2]
+        for v in held:
+            self._counts[v] = self._counts.get(v, 0) + 1
+        try:
+            yield
+        finally:
+            for v in held:
+                left = self._counts[v] - 1
+                if left:
+                    self._counts[v] = left
+                else:
+                    del self._counts[v]
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self._counts:
+            return True
         message = record.getMessage()
-        for value in self.sensitive:
-            if value and value in message:
+        for value in sorted(self._counts, key=len, reverse=True):
+            if value in message:
                 message = message.replace(value, "***")
         record.msg, record.args = message, None
         return True

@@ -132,11 +132,13 @@ class Gateway:
             if p.region not in self.adapters:
                 continue
             logger = logging.getLogger(f"tongban.adapter.{p.region}")
-            logger.addFilter(MaskingFilter())
+            mask = MaskingFilter()
+            logger.filters = [f for f in logger.filters if not isinstance(f, MaskingFilter)]
+            logger.addFilter(mask)
             ctx = AdapterContext(p.region, session, self.clock, logger, g.request_timeout_seconds)
             circuit = Circuit(base=g.retry.base_seconds, cap=min(60.0, g.retry.cap_seconds))
             slots[p.region] = PartnerSlot(
-                self.adapters[p.region], ctx, p.limits.concurrency, circuit=circuit
+                self.adapters[p.region], ctx, p.limits.concurrency, mask=mask, circuit=circuit
             )
         return Dispatcher(
             store=store, service=service, partners=slots, clock=self.clock, retry=g.retry,

@@ -32,6 +32,7 @@ from adapters.sdk import (
     Adapter,
     AdapterContext,
     CanonicalCase,
+    MaskingFilter,
     Outcome,
     Retryable,
 )
@@ -39,6 +40,7 @@ from gateway.clock import Clock
 from gateway.config import RetryPolicy
 from gateway.ids import new_id
 from gateway.lifecycle import Status
+from gateway.privacy import sensitive_values
 from gateway.retry import Circuit, backoff
 from gateway.service import CaseService, canonical
 from gateway.store.base import (
@@ -65,6 +67,7 @@ class PartnerSlot:
     adapter: Adapter
     ctx: AdapterContext
     concurrency: int
+    mask: MaskingFilter = field(default_factory=MaskingFilter)
     inflight: int = 0
     paused: bool = False
     circuit: Circuit = field(default_factory=Circuit)
@@ -154,7 +157,8 @@ class Dispatcher:
         if case is None or (job.kind == "submit" and case.status.value in _NOTHING_TO_SEND):
             return [FinishJob(job.job_id, "done", error="case no longer needs sending")]
         canonical = await self._canonical(case)
-        outcome = await self._call(job, canonical, slot)
+        with slot.mask.masking(self._sensitive(case)):
+            outcome = await self._call(job, canonical, slot)
         now = self.clock.now()
         self._on_outcome(job.region, type(outcome).__name__.lower())
         if isinstance(outcome, Accepted):
@@ -251,6 +255,12 @@ class Dispatcher:
             log.error("adapter %s raised %s on job %s", slot.adapter.kind,
                       type(exc).__name__, job.job_id)  # fmt: skip
             return Retryable(f"adapter error: {type(exc).__name__}")
+
+    def _sensitive(self, case: CaseRecord) -> set[str]:
+        item = self.service.contracts.items.get(case.item_code)
+        version = item.version(case.contract_version) if item else None
+        paths = version.sensitive_fields if version else []
+        return sensitive_values(case.applicant, case.payload, paths)
 
     async def _canonical(self, case: CaseRecord) -> CanonicalCase:
         attachments = []

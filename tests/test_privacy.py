@@ -1,0 +1,70 @@
+"""Personal data never reaches a log through an adapter's logger, even when the adapter logs it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+import pytest
+
+from adapters.rest_json import RestJsonAdapter
+from adapters.sdk import AdapterContext, CanonicalCase, Outcome, discover
+from gateway.app import Gateway
+from gateway.privacy import sensitive_values
+from tests.support import (
+    HANDLER,
+    ORIGIN,
+    citizen_id,
+    gateway_config,
+    medical_filing,
+    simulator,
+    wait_for,
+)
+
+
+class LeakyAdapter(RestJsonAdapter):
+    """An adapter with a careless debug line."""
+
+    async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
+        ctx.logger.warning(
+            "submitting for %s (%s), phone %s, contact %s",
+            case.applicant["name"], case.applicant["id_number"], case.applicant.get("phone"),
+            case.payload.get("contact_phone"),
+        )  # fmt: skip
+        return await super().submit(case, ctx)
+
+
+def test_sensitive_values_follow_the_contract_paths() -> None:
+    applicant = {"id_number": citizen_id(), "name": "张三", "phone": "13800000000"}
+    payload = {"contact_phone": "13900000000", "migrants": [{"id_number": "X1"}, {"x": 1}]}
+    found = sensitive_values(
+        applicant, payload, ["payload.contact_phone", "payload.migrants.id_number"]
+    )
+    assert found == {citizen_id(), "张三", "13800000000", "13900000000", "X1"}
+
+
+async def test_a_leaky_adapter_logs_masked_values(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    handler_sim = simulator(HANDLER, 0)
+    port = await handler_sim.start("127.0.0.1", 0)
+    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, {ORIGIN: port, HANDLER: port}, port)
+    kinds = {**discover(), "rest_json": LeakyAdapter}  # the handler's rest_json is the leaky one
+    gw = Gateway(config, poll_interval=0.05, adapter_kinds=kinds)
+    await gw.start()
+    try:
+        caplog.set_level(logging.INFO)
+        status, _ = await gw.service.submit(ORIGIN, orjson.dumps(medical_filing("P-1")))
+        assert status == 202
+        await wait_for(
+            lambda: any("submitting for" in r.getMessage() for r in caplog.records),
+            what="the adapter's log line",
+        )
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        for value in (citizen_id(), "张三", "13800000000"):
+            assert value not in text
+        assert "submitting for *** (***), phone ***, contact ***" in text
+    finally:
+        await gw.stop()
+        await handler_sim.stop()
