@@ -9,7 +9,7 @@ accepted under. Compiling a version into a pydantic model happens once and is ca
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -83,6 +83,20 @@ class Routing(BaseModel):
     from_field: str | None = None
 
 
+class AttachmentSpec(BaseModel):
+    """One kind of material (申请材料) a case of this version may or must carry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(min_length=1, max_length=64)
+    title: str = ""
+    required: bool = False
+    media_types: list[str] = Field(
+        default_factory=lambda: ["application/pdf", "image/jpeg", "image/png", "application/ofd"]
+    )
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+
+
 class ContractVersion(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,6 +111,9 @@ class ContractVersion(BaseModel):
     result_fields: dict[str, FieldSpec] = Field(default_factory=dict)
     sensitive_fields: list[str] = Field(default_factory=list)
     rules: dict[str, str] = Field(default_factory=dict, description="the unified item rules")
+    attachments: list[AttachmentSpec] = Field(
+        default_factory=list, description="materials by kind; empty: any attachment is accepted"
+    )
 
     def admits(self, origin: str) -> bool:
         return "*" in self.origins or origin in self.origins or origin[:2] + "0000" in self.origins
@@ -239,3 +256,32 @@ def deadline_after(start: float, working_days: int) -> float:
         if datetime.fromtimestamp(t).weekday() < 5:
             left -= 1
     return t
+
+
+def attachment_errors(
+    specs: Sequence[AttachmentSpec], given: Sequence[tuple[str | None, str, int | None]]
+) -> list[dict[str, Any]]:
+    """Check submitted attachments, given as (kind, media type, size in bytes or None if the
+    content is not inline), against a version's specs; one error per problem, by location."""
+    if not specs:
+        return []
+    by_kind = {s.kind: s for s in specs}
+    errors: list[dict[str, Any]] = []
+
+    def err(loc: list[str | int], msg: str) -> None:
+        errors.append({"loc": ["attachments", *loc], "msg": msg, "type": "attachment"})
+
+    for i, (kind, media_type, size) in enumerate(given):
+        spec = by_kind.get(kind or "")
+        if spec is None:
+            err([i, "kind"], f"must be one of: {', '.join(sorted(by_kind))}")
+            continue
+        if media_type not in spec.media_types:
+            err([i, "media_type"], f"must be one of: {', '.join(spec.media_types)}")
+        if size is not None and size > spec.max_bytes:
+            err([i, "content_base64"], f"larger than {spec.max_bytes} bytes")
+    present = {kind for kind, _, _ in given}
+    for spec in specs:
+        if spec.required and spec.kind not in present:
+            err([], f"the required material {spec.kind} ({spec.title or spec.kind}) is missing")
+    return errors

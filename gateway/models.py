@@ -50,6 +50,9 @@ Applicant = Annotated[
 
 
 class Attachment(Strict):
+    kind: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        None, description="the contract's material kind (申请材料), when the contract names kinds"
+    )
     name: Annotated[str, Field(min_length=1, max_length=255)]
     media_type: Annotated[str, Field(pattern=r"^[\w.+-]+/[\w.+-]+$")]
     sha256: Sha256Hex

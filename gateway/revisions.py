@@ -43,7 +43,12 @@ def published_contents(lst: ContractList) -> dict[VersionKey, dict[str, Any]]:
     }
 
 
+_EMPTY: tuple[Any, ...] = (None, [], {})
+
+
 def _first_difference(old: Any, new: Any, path: list[str | int]) -> list[str | int] | None:
+    if old in _EMPTY and new in _EMPTY:
+        return None  # a field added to the model later reads as empty in older versions
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             found = _first_difference(old.get(key), new.get(key), [*path, key])

@@ -20,7 +20,13 @@ from adapters.sdk import Adapter, CanonicalCase, StatusUpdate
 from gateway import errors, lifecycle
 from gateway.clock import Clock, iso
 from gateway.config import Config
-from gateway.contracts import ContractList, ContractVersion, deadline_after, province_of
+from gateway.contracts import (
+    ContractList,
+    ContractVersion,
+    attachment_errors,
+    deadline_after,
+    province_of,
+)
 from gateway.ids import new_id
 from gateway.lifecycle import Status
 from gateway.models import CaseSubmission, Supplement, Withdrawal
@@ -104,6 +110,11 @@ class CaseService:
         payload = self._validate_payload(sub.item_code, version, sub.payload)
         handler = self._route(sub, version, payload, origin)
         blobs = _attachment_blobs(sub)
+        sizes = {sha: len(content) for sha, _, content in blobs}
+        given = [(a.kind, a.media_type, sizes.get(a.sha256)) for a in sub.attachments]
+        problems = attachment_errors(version.attachments, given)
+        if problems:
+            raise errors.Unprocessable("the attachments break the contract", errors=problems)
         now = self.clock.now()
         case = CaseRecord(
             case_id=new_id(now, "C"),

@@ -3,7 +3,9 @@ revision taking effect in a running gateway without a restart."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,17 @@ VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 
 def shipped() -> dict[str, Any]:
     return dict(ContractList.load(CONTRACTS).model_dump(mode="json"))
+
+
+def with_proof(body: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 of 异地就医登记备案 requires a residence proof among the materials."""
+    content = b"%PDF-1.7 residence proof"
+    proof = {
+        "kind": "residence_proof", "name": "居住证明.pdf", "media_type": "application/pdf",
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "content_base64": base64.b64encode(content).decode(),
+    }  # fmt: skip
+    return {**body, "attachments": [proof]}
 
 
 def with_v2_active(lst: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +115,10 @@ async def test_case_keeps_its_version_while_a_new_one_is_published_and_rollback_
             w, "POST", "/v1/ops/contracts/publish", with_v2_active(shipped())
         )
         assert status == 201 and published["revision"] == 2
-        status, case2, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-REV-2"))
+        status, problem, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-REV-2"))
+        assert status == 422 and problem["errors"][0]["loc"] == ["attachments"]
+        body = with_proof(medical_filing("ZJ-REV-2"))
+        status, case2, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 202 and case2["contract_version"] == 2
         w.sims[HANDLER].set_down(False)
 
@@ -144,7 +160,8 @@ async def test_a_revision_published_by_another_process_takes_effect_without_rest
         finally:
             await other.close()
         await wait_for(lambda: w.gateway.registry.revision == 2, what="revision 2 in force")
-        status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-REV-5"))
+        body = with_proof(medical_filing("ZJ-REV-5"))
+        status, case, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 202 and case["contract_version"] == 2
 
 

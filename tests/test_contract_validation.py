@@ -303,3 +303,29 @@ def test_deadline_never_falls_on_a_weekend():
         for days in range(1, 12):
             end = datetime.fromtimestamp(deadline_after(local(2026, 1, start_day, 12, 0), days))
             assert end.weekday() < 5
+
+
+def test_attachments_are_checked_against_the_version_specs() -> None:
+    from gateway.contracts import AttachmentSpec, attachment_errors
+
+    specs = [
+        AttachmentSpec(kind="residence_proof", title="居住证明", required=True, max_bytes=10),
+        AttachmentSpec(kind="referral", media_types=["application/pdf"]),
+    ]
+    assert attachment_errors(specs, [("residence_proof", "application/pdf", 10)]) == []
+    assert attachment_errors([], [(None, "text/plain", 10**9)]) == []  # no specs: anything goes
+    problems = attachment_errors(
+        specs,
+        [
+            ("referral", "image/png", None),
+            ("residence_proof", "application/pdf", 11),
+            (None, "x/y", 1),
+        ],
+    )
+    assert [p["loc"] for p in problems] == [
+        ["attachments", 0, "media_type"],
+        ["attachments", 1, "content_base64"],
+        ["attachments", 2, "kind"],
+    ]
+    missing = attachment_errors(specs, [("referral", "application/pdf", 1)])
+    assert missing[0]["loc"] == ["attachments"] and "residence_proof" in missing[0]["msg"]
