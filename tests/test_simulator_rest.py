@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -605,3 +606,41 @@ async def test_receiver_without_a_callback_secret_accepts_unsigned(
     status, answer = await post(session, f"{sim.url}/events", ev("U", 1))
     assert (status, answer) == (200, {"received": 1})
     assert list(sim.events) == ["U"]
+
+
+def test_the_service_window_opens_on_weekdays_in_beijing_time() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from gateway.simulators.rest import closed_for
+
+    bj = timezone(timedelta(hours=8))
+    friday_evening = datetime(2026, 11, 20, 20, 0, tzinfo=bj).timestamp()
+    monday_morning = datetime(2026, 11, 23, 9, 0, tzinfo=bj).timestamp()
+    assert closed_for(friday_evening, (9, 17)) == monday_morning - friday_evening
+    assert closed_for(datetime(2026, 11, 23, 10, 30, tzinfo=bj).timestamp(), (9, 17)) == 0.0
+    early = datetime(2026, 11, 24, 7, 0, tzinfo=bj).timestamp()
+    assert closed_for(early, (9, 17)) == 2 * 3600
+
+
+async def test_outside_office_hours_the_gateway_waits_and_the_case_goes_through(
+    tmp_path: Path,
+) -> None:
+    from tests.support import HANDLER, medical_filing, wait_for, world
+
+    async with world(tmp_path) as w:
+        sim = w.sims[HANDLER]
+        now = [1_800_000_000.0]  # a Friday, 16:00 in Beijing: closed at 16:00 for this test
+        sim.settings.office_hours = (9, 10)
+        sim.settings.clock = lambda: now[0]
+        status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-OH-1"))
+        assert status == 202
+        await wait_for(lambda: sim.counters.get("closed_window", 0) >= 1, what="a closed window")
+        assert sim.counters["submits"] == 0
+        c = await w.origin.case(case["case_id"])
+        assert c["status"] == "received"  # waiting, not failed
+        sim.settings.office_hours = None  # the window opens
+
+        async def completed() -> bool:
+            return bool((await w.origin.case(case["case_id"]))["status"] == "completed")
+
+        await wait_for(completed, what="the case completed once the window opened")

@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -60,6 +60,9 @@ _PROVINCES: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 
+BEIJING = timezone(timedelta(hours=8))
+
+
 @dataclass
 class SimulatorSettings:
     """How the simulated province behaves; rates are probabilities in [0, 1]."""
@@ -77,6 +80,24 @@ class SimulatorSettings:
     request_timeout: float = 10.0
     retry_backoff: float = 0.2
     retry_backoff_max: float = 5.0
+    # A service window in Beijing time, e.g. (9, 17): outside it, Monday to Friday only, the
+    # case endpoints answer 503 with Retry-After (the seconds until it opens), as many do.
+    office_hours: tuple[int, int] | None = None
+    clock: Callable[[], float] = time.time
+
+
+def closed_for(now: float, hours: tuple[int, int]) -> float:
+    """Seconds until a weekday service window opens (0 if it is open), in Beijing time."""
+    local = datetime.fromtimestamp(now, BEIJING)
+    opens, closes = hours
+    day = local.replace(hour=opens, minute=0, second=0, microsecond=0)
+    if local.weekday() < 5 and opens <= local.hour < closes:
+        return 0.0
+    if local.hour >= opens or local.weekday() >= 5:
+        day += timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return (day - local).total_seconds()
 
 
 @dataclass
@@ -247,9 +268,18 @@ class ProvinceSimulator:
     async def _down_middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        """While down, the province-facing endpoints answer 503; introspection stays open."""
+        """While down, the province-facing endpoints answer 503; introspection stays open.
+        Outside the service window, the case endpoints answer 503 with Retry-After."""
         if self.down and not request.path.startswith(("/_control", "/events/state")):
             return _busy()
+        hours = self.settings.office_hours
+        if hours and request.path.startswith("/cases"):
+            wait = closed_for(self.settings.clock(), hours)
+            if wait:
+                self.counters["closed_window"] = self.counters.get("closed_window", 0) + 1
+                answer = _json({"code": "503", "msg": "非工作时间，请于办公时间提交"}, status=503)
+                answer.headers["Retry-After"] = str(int(wait) + 1)
+                return answer
         return await handler(request)
 
     # -- role 1: handling partner ---------------------------------------------------------------
