@@ -100,6 +100,12 @@ class RestJsonSettings(AdapterSettings):
     busy_codes: list[str] = Field(default_factory=lambda: ["BUSY", "429", "503"])
     auth_header: str | None = None
     auth_token: str | None = None
+    attachment_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="send attachments by reference: this URL prefix + sha256 (the gateway's "
+        "GET /v1/partners/{region}/attachments/{sha256}); unset: inline base64",
+    )
     timeout: float = Field(10.0, gt=0)
 
     @field_validator("field_map")
@@ -223,7 +229,7 @@ class RestJsonAdapter:
             "originRegion": case.origin_region,
             "applicant": copy.deepcopy(dict(case.applicant)),
             "form": copy.deepcopy(dict(case.payload)),
-            "attachments": [copy.deepcopy(dict(a)) for a in case.attachments],
+            "attachments": [self._attachment(a) for a in case.attachments],
         }
         for path, name, table in self._tables:
             _rewrite(body, path, partial(_coded, table=table, name=name))
@@ -248,6 +254,14 @@ class RestJsonAdapter:
             return format_date(iso_to_local(value, self._tz), pattern)
         except ValueError:
             raise RenderError(f"{name}: not an ISO 8601 date or date-time") from None
+
+    def _attachment(self, a: Mapping[str, Any]) -> dict[str, Any]:
+        """Inline (base64 content) by default; by reference when ``attachment_url`` is set."""
+        item = copy.deepcopy(dict(a))
+        if self.settings.attachment_url:
+            item.pop("content_base64", None)
+            item["url"] = self.settings.attachment_url + str(a.get("sha256", ""))
+        return item
 
     async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
         try:

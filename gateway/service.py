@@ -389,6 +389,15 @@ class CaseService:
             handler=region,
         )
 
+    async def attachment(self, region: str, sha256: str) -> bytes:
+        """An attachment for the partner that handles a case carrying it (by reference)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise errors.NotFound("no such attachment")
+        content = await self.store.get_blob(sha256)
+        if content is None or not await self.store.handles_attachment(region, sha256):
+            raise errors.NotFound("no such attachment")  # never confirm another region's
+        return content
+
     # ---- operators ------------------------------------------------------------------------
 
     async def dead_letters(self, limit: int) -> dict[str, Any]:

@@ -123,6 +123,12 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
         a.partner(request, region, body)
         return json(await s.inbound(region, body, request.headers))
 
+    async def attachment(request: web.Request) -> web.Response:
+        region = request.match_info["region"]
+        a.partner(request, region, await a.body(request))
+        content = await s.attachment(region, request.match_info["sha256"])
+        return web.Response(body=content, content_type="application/octet-stream")
+
     async def dead_letters(request: web.Request) -> web.Response:
         a.operator(request, "viewer")
         return json(await s.dead_letters(_int(request, "limit", 100)))
@@ -208,6 +214,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/partners/{region}/inbound", "inbound",
           "A handling partner's own message, parsed by its adapter", "partner",
           responses=((200, models.InboundResult),)),
+    Route("GET", "/v1/partners/{region}/attachments/{sha256}", "attachment",
+          "An attachment of a case the partner handles (for adapters that send references)",
+          "partner"),
     Route("GET", "/v1/ops/dead-letters", "dead_letters", "Dead-lettered jobs", "viewer",
           query=(("limit", "integer"),)),
     Route("POST", "/v1/ops/dead-letters/replay", "replay",

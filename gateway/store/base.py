@@ -305,6 +305,10 @@ class Store(Protocol):
 
     async def get_blob(self, sha256: str) -> bytes | None: ...
 
+    async def handles_attachment(self, region: str, sha256: str) -> bool:
+        """Does ``region`` handle a case that carries this attachment?"""
+        ...
+
     # ---- contract list revisions ----
 
     async def revision_number(self) -> int:

@@ -796,6 +796,13 @@ class SqliteStore:
         ) as cur:
             return [_job_from_row(r) for r in await cur.fetchall()]
 
+    async def handles_attachment(self, region: str, sha256: str) -> bool:
+        async with self._rdb.execute(
+            "SELECT 1 FROM cases WHERE handling_region = ? AND attachments LIKE ? LIMIT 1",
+            (region, f'%"sha256":"{sha256}"%'),
+        ) as cur:
+            return await cur.fetchone() is not None
+
     async def get_blob(self, sha256: str) -> bytes | None:
         async with self._rdb.execute(
             "SELECT content FROM blobs WHERE sha256 = ?", (sha256,)
