@@ -30,6 +30,7 @@ from gateway.http import openapi
 from gateway.http.app import HttpDeps, build_app
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
+from gateway.partner_ops import PartnerOps
 from gateway.poller import Poller
 from gateway.ratelimit import RateLimiter
 from gateway.registry import ContractRegistry
@@ -158,6 +159,7 @@ class Gateway:
             service=service, auth=auth, metrics=self.metrics, store=self.store,
             is_ready=self.is_ready, openapi=lambda: document,
             contracts=ContractOps(self.store, self.registry, self.clock),
+            partners=PartnerOps(self.config, self.store, self.dispatcher.partners, self.clock),
         )  # fmt: skip
         return build_app(deps, g.max_body_bytes)
 

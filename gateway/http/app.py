@@ -20,6 +20,7 @@ from gateway import errors, models
 from gateway.contract_ops import ContractOps
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
+from gateway.partner_ops import PartnerOps
 from gateway.service import CaseService
 from gateway.store.base import Store
 
@@ -50,6 +51,7 @@ class HttpDeps:
     is_ready: Callable[[], bool]
     openapi: Callable[[], dict[str, Any]]
     contracts: ContractOps
+    partners: PartnerOps
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -128,6 +130,18 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
         a.partner(request, region, await a.body(request))
         content = await s.attachment(region, request.match_info["sha256"])
         return web.Response(body=content, content_type="application/octet-stream")
+
+    async def partners_health(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.partners.health())
+
+    async def partner_pause(request: web.Request) -> web.Response:
+        a.operator(request, "operator")
+        return json(d.partners.pause(request.match_info["region"], True))
+
+    async def partner_resume(request: web.Request) -> web.Response:
+        a.operator(request, "operator")
+        return json(d.partners.pause(request.match_info["region"], False))
 
     async def dead_letters(request: web.Request) -> web.Response:
         a.operator(request, "viewer")
@@ -217,6 +231,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/partners/{region}/attachments/{sha256}", "attachment",
           "An attachment of a case the partner handles (for adapters that send references)",
           "partner"),
+    Route("GET", "/v1/ops/partners", "partners_health",
+          "Partner health: circuit, queue depth, oldest waiting, counts, last error", "viewer"),
+    Route("POST", "/v1/ops/partners/{region}/pause", "partner_pause",
+          "Stop calling a partner (its jobs wait)", "operator"),
+    Route("POST", "/v1/ops/partners/{region}/resume", "partner_resume",
+          "Call a paused partner again", "operator"),
     Route("GET", "/v1/ops/dead-letters", "dead_letters", "Dead-lettered jobs", "viewer",
           query=(("limit", "integer"),)),
     Route("POST", "/v1/ops/dead-letters/replay", "replay",

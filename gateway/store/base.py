@@ -305,6 +305,10 @@ class Store(Protocol):
 
     async def get_blob(self, sha256: str) -> bytes | None: ...
 
+    async def queues(self, now: float) -> dict[str, dict[str, float]]:
+        """Per partner region: pending jobs, the oldest one's age in seconds, dead letters."""
+        ...
+
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         """Does ``region`` handle a case that carries this attachment?"""
         ...

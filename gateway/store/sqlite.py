@@ -796,6 +796,22 @@ class SqliteStore:
         ) as cur:
             return [_job_from_row(r) for r in await cur.fetchall()]
 
+    async def queues(self, now: float) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        async with self._rdb.execute(
+            "SELECT region, state, count(*), min(created_at) FROM jobs "
+            "WHERE state IN ('pending', 'dead') GROUP BY region, state"
+        ) as cur:
+            for region, state, count, oldest in await cur.fetchall():
+                q = out.setdefault(region, {"pending": 0.0, "oldest_pending_seconds": 0.0,
+                                            "dead": 0.0})  # fmt: skip
+                if state == "pending":
+                    q["pending"] = float(count)
+                    q["oldest_pending_seconds"] = max(0.0, now - oldest)
+                else:
+                    q["dead"] = float(count)
+        return out
+
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         async with self._rdb.execute(
             "SELECT 1 FROM cases WHERE handling_region = ? AND attachments LIKE ? LIMIT 1",

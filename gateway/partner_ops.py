@@ -1,0 +1,61 @@
+"""Operators watching partners: health (circuit, queue, counts, last error) and pause/resume.
+
+Pausing stops new calls to a partner (its jobs wait, nothing is lost) and is kept in this
+process's memory: a restart resumes every partner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import errors
+from gateway.clock import Clock, iso
+from gateway.config import Config
+from gateway.dispatcher import PartnerSlot
+from gateway.store.base import Store
+
+
+@dataclass
+class PartnerOps:
+    config: Config
+    store: Store
+    partners: Mapping[str, PartnerSlot]
+    clock: Clock
+
+    async def health(self) -> dict[str, Any]:
+        now = self.clock.now()
+        queues = await self.store.queues(now)
+        return {
+            "partners": [self._one(p.region, p.name, queues, now) for p in self.config.partners]
+        }
+
+    def _one(
+        self, region: str, name: str, queues: Mapping[str, Mapping[str, float]], now: float
+    ) -> dict[str, Any]:
+        slot = self.partners.get(region)
+        q = queues.get(region, {})
+        report: dict[str, Any] = {
+            "region": region,
+            "name": name,
+            "adapter": slot.adapter.kind if slot else None,
+            "queue_depth": int(q.get("pending", 0)),
+            "oldest_waiting_seconds": round(q.get("oldest_pending_seconds", 0.0), 1),
+            "dead_letters": int(q.get("dead", 0)),
+        }
+        if slot is not None:
+            c = slot.circuit
+            report.update({
+                "paused": slot.paused, "circuit": c.state(now), "in_flight": slot.inflight,
+                "successes": c.successes, "errors": c.errors, "last_error": c.last_error,
+                "retry_at": iso(c.open_until) if c.open_until > now else None,
+            })  # fmt: skip
+        return report
+
+    def pause(self, region: str, paused: bool) -> dict[str, Any]:
+        slot = self.partners.get(region)
+        if slot is None:
+            raise errors.NotFound(f"no handling partner {region}")
+        slot.paused = paused
+        return {"region": region, "paused": paused}
