@@ -206,6 +206,21 @@ class PollingAdapter(Protocol):
     ) -> list[StatusUpdate]: ...
 
 
+@runtime_checkable
+class HealthReporting(Protocol):
+    """An adapter that can say more about its partner than the gateway's own counts: e.g. a
+    folder's free space, a pool's connections, the partner's status page. Optional; it must
+    answer quickly and never raise for the partner's behaviour."""
+
+    async def health(self, ctx: AdapterContext) -> Mapping[str, Any]: ...
+
+
+def describe(kind: type[Any]) -> dict[str, Any]:
+    """An adapter kind's settings, as JSON Schema: what an operator may write in its table."""
+    schema: dict[str, Any] = kind.Settings.model_json_schema()
+    return {"kind": kind.kind, "doc": (kind.__doc__ or "").strip(), "settings": schema}
+
+
 class AdapterFactory(Protocol):
     kind: ClassVar[str]
     Settings: ClassVar[type[AdapterSettings]]

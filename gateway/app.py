@@ -78,7 +78,8 @@ class Gateway:
         self.metrics = Metrics()
         self.supervisor = Supervisor()
         self.contracts = ContractList.load(contracts_path(config, base_dir))
-        self.adapters = build_adapters(config, adapter_kinds)
+        self.adapter_kinds = dict(adapter_kinds) if adapter_kinds is not None else discover()
+        self.adapters = build_adapters(config, self.adapter_kinds)
         self.store: Store | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -160,6 +161,7 @@ class Gateway:
             is_ready=self.is_ready, openapi=lambda: document,
             contracts=ContractOps(self.store, self.registry, self.clock),
             partners=PartnerOps(self.config, self.store, self.dispatcher.partners, self.clock),
+            adapter_kinds=self.adapter_kinds,
         )  # fmt: skip
         return build_app(deps, g.max_body_bytes)
 

@@ -6,10 +6,12 @@ process's memory: a restart resumes every partner.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from adapters.sdk import HealthReporting, describe
 from gateway import errors
 from gateway.clock import Clock, iso
 from gateway.config import Config
@@ -27,9 +29,12 @@ class PartnerOps:
     async def health(self) -> dict[str, Any]:
         now = self.clock.now()
         queues = await self.store.queues(now)
-        return {
-            "partners": [self._one(p.region, p.name, queues, now) for p in self.config.partners]
-        }
+        reports = [self._one(p.region, p.name, queues, now) for p in self.config.partners]
+        for report in reports:
+            slot = self.partners.get(report["region"])
+            if slot is not None and isinstance(slot.adapter, HealthReporting):
+                report["adapter_health"] = await _adapter_health(slot)
+        return {"partners": reports}
 
     def _one(
         self, region: str, name: str, queues: Mapping[str, Mapping[str, float]], now: float
@@ -53,9 +58,22 @@ class PartnerOps:
             })  # fmt: skip
         return report
 
+    def kinds(self, registry: Mapping[str, type[Any]]) -> dict[str, Any]:
+        return {"adapters": [describe(cls) for _, cls in sorted(registry.items())]}
+
     def pause(self, region: str, paused: bool) -> dict[str, Any]:
         slot = self.partners.get(region)
         if slot is None:
             raise errors.NotFound(f"no handling partner {region}")
         slot.paused = paused
         return {"region": region, "paused": paused}
+
+
+async def _adapter_health(slot: PartnerSlot) -> dict[str, Any]:
+    adapter = slot.adapter
+    assert isinstance(adapter, HealthReporting)
+    try:
+        async with asyncio.timeout(slot.ctx.timeout):
+            return dict(await adapter.health(slot.ctx))
+    except Exception as exc:  # an adapter's report must not break the operator's view
+        return {"error": f"health report failed: {type(exc).__name__}"}

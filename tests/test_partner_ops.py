@@ -51,3 +51,44 @@ async def test_pause_holds_cases_and_health_shows_the_queue(tmp_path: Path) -> N
         assert mine["successes"] >= 1 and mine["adapter"] == "rest_json"
         status, _, _ = await ops(w, "POST", "/v1/ops/partners/999999/pause")
         assert status == 404
+
+
+async def test_installed_adapter_kinds_describe_their_settings(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        status, answer, _ = await ops(w, "GET", "/v1/ops/adapters", VIEWER)
+        assert status == 200
+        kinds = {a["kind"]: a for a in answer["adapters"]}
+        assert {
+            "rest_json",
+            "soap_xml",
+            "async_ticket",
+            "file_exchange",
+            "frontdb_exchange",
+        } <= set(kinds)
+        assert "base_url" in kinds["rest_json"]["settings"]["properties"]
+
+
+async def test_an_adapter_health_report_joins_the_partner_health(tmp_path: Path) -> None:
+    from adapters.rest_json import RestJsonAdapter
+    from adapters.sdk import AdapterContext, discover
+    from gateway.app import Gateway
+    from gateway.partner_ops import PartnerOps
+    from tests.support import ORIGIN, gateway_config, simulator
+
+    class Reporting(RestJsonAdapter):
+        async def health(self, ctx: AdapterContext) -> dict[str, Any]:
+            return {"status_page": "ok", "region": ctx.region}
+
+    sim = simulator(HANDLER, 0)
+    port = await sim.start("127.0.0.1", 0)
+    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, {ORIGIN: port, HANDLER: port}, port)
+    gw = Gateway(config, adapter_kinds={**discover(), "rest_json": Reporting})
+    await gw.start()
+    try:
+        assert gw.store is not None
+        health = await PartnerOps(gw.config, gw.store, gw.dispatcher.partners, gw.clock).health()
+        mine = next(p for p in health["partners"] if p["region"] == HANDLER)
+        assert mine["adapter_health"] == {"status_page": "ok", "region": HANDLER}
+    finally:
+        await gw.stop()
+        await sim.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ class HttpDeps:
     openapi: Callable[[], dict[str, Any]]
     contracts: ContractOps
     partners: PartnerOps
+    adapter_kinds: Mapping[str, type[Any]]
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -134,6 +135,10 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
     async def partners_health(request: web.Request) -> web.Response:
         a.operator(request, "viewer")
         return json(await d.partners.health())
+
+    async def adapter_kinds(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(d.partners.kinds(d.adapter_kinds))
 
     async def partner_pause(request: web.Request) -> web.Response:
         a.operator(request, "operator")
@@ -233,6 +238,8 @@ ROUTES: tuple[Route, ...] = (
           "partner"),
     Route("GET", "/v1/ops/partners", "partners_health",
           "Partner health: circuit, queue depth, oldest waiting, counts, last error", "viewer"),
+    Route("GET", "/v1/ops/adapters", "adapter_kinds",
+          "Installed adapter kinds and their settings (JSON Schema)", "viewer"),
     Route("POST", "/v1/ops/partners/{region}/pause", "partner_pause",
           "Stop calling a partner (its jobs wait)", "operator"),
     Route("POST", "/v1/ops/partners/{region}/resume", "partner_resume",
