@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway.simulators.base import BackgroundTasks, next_batch
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class FileProvinceSimulator:
         self._reports: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._inflight: list[dict[str, Any]] | None = None
         self._supervisor: Supervisor | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log, "file simulator")
         self.requests: list[dict[str, Any]] = []
         self.result_files: list[str] = []
         self.counters: dict[str, int] = {
@@ -253,11 +254,7 @@ class FileProvinceSimulator:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.cancel_all()
 
     async def __aenter__(self) -> FileProvinceSimulator:
         await self.start()
@@ -265,17 +262,6 @@ class FileProvinceSimulator:
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("file simulator task %s failed", task.get_name(), exc_info=exc)
 
     def partner_view(self, case_id: str) -> dict[str, Any] | None:
         """What this partner holds of a case (None if it never took it)."""
@@ -417,7 +403,7 @@ class FileProvinceSimulator:
             case = _Case(case_id, ticket, scenario)
             self._cases[case_id] = case
             self.counters["submits"] += 1
-            case.task = self._spawn(self._process(case), f"filesim-case-{ticket}")
+            case.task = self._tasks.spawn(self._process(case), f"filesim-case-{ticket}")
             log.info("file simulator %s: case %s taken as %s", self.settings.region, case_id,
                      ticket)  # fmt: skip
         elif kind == "supplement":
@@ -502,13 +488,7 @@ class FileProvinceSimulator:
             self._inflight = None
 
     async def _next_batch(self) -> list[dict[str, Any]]:
-        batch = [await self._reports.get()]
-        deadline = asyncio.get_running_loop().time() + self.settings.batch_window
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                while len(batch) < MAX_REPORTS_PER_FILE:
-                    batch.append(await self._reports.get())
-        return batch
+        return await next_batch(self._reports, self.settings.batch_window, MAX_REPORTS_PER_FILE)
 
     def _render(self, batch: list[dict[str, Any]], batch_id: str) -> bytes:
         s = self.settings

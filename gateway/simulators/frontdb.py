@@ -24,7 +24,6 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ import aiosqlite
 import orjson
 
 from adapters.frontdb_exchange import FrontDb, Tx, sqlite_path
+from gateway.simulators.base import BackgroundTasks, set_up
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class FrontDbProvinceSimulator:
         self._rng = rng or random.Random()
         self.db = FrontDb(settings.dsn, timeout=settings.timeout, max_size=2, create=True)
         self._cases: dict[str, _Case] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log, "frontdb simulator")
         self._supervisor: Supervisor | None = None
         self._up = asyncio.Event()
         self._up.set()
@@ -188,19 +188,12 @@ class FrontDbProvinceSimulator:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             await supervisor.stop()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         await self.db.close()
 
     def set_down(self, down: bool) -> None:
         """Down: the partner processes nothing (rows wait in the tables) until brought back."""
-        if down:
-            self._up.clear()
-        else:
-            self._up.set()
+        set_up(self._up, not down)
 
     def partner_view(self, case_id: str) -> dict[str, Any] | None:
         case = self._cases.get(case_id)
@@ -264,7 +257,7 @@ class FrontDbProvinceSimulator:
             case = _Case(case_id, self._new_ref(), _scenario(row["sqnr"]))
             self._cases[case_id] = case
             self.counters["submits"] += 1
-            case.task = self._spawn(self._process(case), f"case-{case.ref}")
+            case.task = self._tasks.spawn(self._process(case), f"case-{case.ref}")
             log.info("frontdb simulator %s: case %s taken as %s", self.settings.region,
                      case_id, case.ref)  # fmt: skip
         elif kind == SUPPLEMENT_KIND:
@@ -279,17 +272,6 @@ class FrontDbProvinceSimulator:
                     case.task.cancel()
         else:
             self.counters["unknown_rows"] += 1
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("frontdb simulator task %s failed", task.get_name(), exc_info=exc)
 
     # -- one case -------------------------------------------------------------------------------
 

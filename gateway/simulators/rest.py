@@ -15,33 +15,39 @@ memory and per instance; nothing about an applicant is ever logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway.clock import iso
-from gateway.signing import KEY_HEADER, NonceCache, SignatureError, SignedRequest, sign_headers
+from gateway.signing import KEY_HEADER, NonceCache, SignatureError, SignedRequest
 from gateway.signing import verify as verify_signature
+from gateway.simulators.base import INBOUND_PATH as INBOUND_PATH  # re-exported
+from gateway.simulators.base import (
+    BackgroundTasks,
+    LoopbackServer,
+    next_batch,
+    post_signed,
+    send_until_acknowledged,
+    set_up,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTS_PER_MESSAGE = 200
 REPORT_QUEUE_SIZE = 10_000
 MAX_BODY_BYTES = 16 * 1024 * 1024
-INBOUND_PATH = "/v1/partners/{region}/inbound"
 
 # Native status codes of the platform this simulates (see adapters.rest_json).
 DISPATCHED, ACCEPTED, REJECTED, SUPPLEMENT, IN_PROGRESS, COMPLETED = "1", "3", "4", "6", "8", "11"
@@ -128,7 +134,7 @@ def _error(status: int, msg: str) -> web.Response:
     return _json({"code": f"E{status}", "msg": msg}, status=status)
 
 
-class ProvinceSimulator:
+class ProvinceSimulator(LoopbackServer):
     """One simulated province: handling partner, event receiver and control surface.
 
     Run it with :meth:`start` / :meth:`stop`, or mount :meth:`app` in any aiohttp runner: the
@@ -171,10 +177,8 @@ class ProvinceSimulator:
         self._seqs: dict[str, set[int]] = {}
         self._nonces = NonceCache()
         # Plumbing.
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log, "simulator", prefix=f"sim-{settings.region}-")
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -191,78 +195,29 @@ class ProvinceSimulator:
         app.cleanup_ctx.append(self._background)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve on ``host:port`` (0 picks a free port) and return the bound port."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound = int(runner.addresses[0][1])
-        self._url = f"http://{host}:{bound}"
+    def _listening(self) -> None:
         log.info("province simulator %s listening on %s", self.settings.region, self._url)
-        return bound
-
-    async def stop(self) -> None:
-        """Stop serving, cancel every background task and wait for them to finish."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()  # runs _background's teardown
-        self._url = None
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     async def _background(self, _app: web.Application) -> AsyncIterator[None]:
         """Start the session and the report sender with the app; tear all down with it."""
         self._session = aiohttp.ClientSession()
-        self._spawn(self._supervised(self._report_loop), "reports")
+        self._tasks.spawn(
+            self._tasks.supervised(
+                self._report_loop,
+                on_crash=self._count_restart,
+                what=f"simulator {self.settings.region}: report loop",
+            ),
+            "reports",
+        )
         try:
             yield
         finally:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks.clear()
+            await self._tasks.cancel_all()
             await self._session.close()
             self._session = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Keep a reference to every task so none is garbage-collected or left running."""
-        task = asyncio.get_running_loop().create_task(
-            coro, name=f"sim-{self.settings.region}-{name}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("simulator task %s failed", task.get_name(), exc_info=exc)
-
-    async def _supervised(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
-        """Restart a crashed loop after a pause, so it is never silently dead."""
-        while True:
-            try:
-                await loop_fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["report_loop_restarts"] += 1
-                log.exception("simulator %s: report loop crashed; restarting", self.settings.region)
-                await asyncio.sleep(0.1)
+    def _count_restart(self) -> None:
+        self.counters["report_loop_restarts"] += 1
 
     @web.middleware
     async def _down_middleware(
@@ -316,7 +271,7 @@ class ProvinceSimulator:
         self._cases[case_id] = case
         self._by_ticket[case.ticket] = case
         self.counters["submits"] += 1
-        case.task = self._spawn(self._process(case), f"case-{case.ticket}")
+        case.task = self._tasks.spawn(self._process(case), f"case-{case.ticket}")
         log.info("simulator %s: case %s received as %s", self.settings.region, case_id, case.ticket)
         return _json({"code": "0", "ticket": case.ticket, "statusCode": DISPATCHED})
 
@@ -430,26 +385,20 @@ class ProvinceSimulator:
 
     async def _next_batch(self) -> list[dict[str, Any]]:
         """The first waiting report plus whatever else arrives within the flush window."""
-        batch = [await self._reports.get()]
-        deadline = asyncio.get_running_loop().time() + self.settings.report_batch_window
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                while len(batch) < MAX_REPORTS_PER_MESSAGE:
-                    batch.append(await self._reports.get())
-        return batch
+        window = self.settings.report_batch_window
+        return await next_batch(self._reports, window, MAX_REPORTS_PER_MESSAGE)
 
     async def _deliver(self, batch: list[dict[str, Any]]) -> None:
         """Send until the gateway answers 2xx, backing off between tries; nothing is dropped."""
-        delay = self.settings.retry_backoff
-        while True:
-            await self._up.wait()  # a platform that is down sends nothing
-            if await self._post_reports(batch):
-                self.counters["messages_sent"] += 1
-                self.counters["reports_sent"] += len(batch)
-                return
-            self.counters["send_failures"] += 1
-            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
-            delay = min(delay * 2, self.settings.retry_backoff_max)
+        await send_until_acknowledged(
+            lambda: self._post_reports(batch),
+            self.settings,
+            up=self._up,
+            rng=self._rng,
+            counters=self.counters,
+        )
+        self.counters["messages_sent"] += 1
+        self.counters["reports_sent"] += len(batch)
 
     def _encode_reports(self, batch: list[dict[str, Any]]) -> bytes:
         return orjson.dumps({"reports": batch})
@@ -457,29 +406,9 @@ class ProvinceSimulator:
     async def _post_reports(self, batch: list[dict[str, Any]]) -> bool:
         assert self._session is not None
         body = self._encode_reports(batch)
-        base = urlsplit(self.settings.gateway_url)
-        path = base.path.rstrip("/") + INBOUND_PATH.format(region=self.settings.region)
-        url = f"{base.scheme}://{base.netloc}{path}"
-        s = self.settings
-        headers = sign_headers(s.key_id, s.secret, "POST", path, body)
-        headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=s.request_timeout)
-        try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return True
-                log.warning(
-                    "simulator %s: gateway answered HTTP %d to %d report(s)",
-                    s.region,
-                    resp.status,
-                    len(batch),
-                )
-        except TimeoutError:
-            log.warning("simulator %s: gateway timed out", s.region)
-        except aiohttp.ClientError as exc:
-            log.warning("simulator %s: gateway unreachable (%s)", s.region, type(exc).__name__)
-        return False
+        headers = {"Content-Type": "application/json"}
+        return await post_signed(self._session, self.settings, body, headers, log=log,
+                                 label="simulator", count=len(batch), noun="report(s)")  # fmt: skip
 
     # -- role 2: event receiver -----------------------------------------------------------------
 
@@ -565,10 +494,7 @@ class ProvinceSimulator:
     def set_down(self, down: bool) -> None:
         """Down: answer 503 to everything province-facing and hold outgoing reports."""
         self.down = down
-        if down:
-            self._up.clear()
-        else:
-            self._up.set()
+        set_up(self._up, not down)
 
     async def _get_control(self, _request: web.Request) -> web.Response:
         return _json(self.control_state())

@@ -32,18 +32,16 @@ applicant; nothing about an applicant is ever logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
 import random
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -61,13 +59,20 @@ from adapters.soap_xml import (
     soap_fault,
     xml_bytes,
 )
-from gateway.signing import sign_headers
+from gateway.simulators.base import INBOUND_PATH as INBOUND_PATH  # re-exported
+from gateway.simulators.base import (
+    BackgroundTasks,
+    LoopbackServer,
+    next_batch,
+    post_signed,
+    send_until_acknowledged,
+    set_up,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE_PATH = "/tbpt/services/TongbanService"
 NAMESPACE = "http://ws.tbpt.sc.gov.cn/"
-INBOUND_PATH = "/v1/partners/{region}/inbound"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_REPORTS_PER_MESSAGE = 200
 REPORT_QUEUE_SIZE = 10_000
@@ -201,7 +206,7 @@ class _Case:
 Handler = Callable[[ET.Element], Awaitable[ET.Element]]
 
 
-class SoapProvinceSimulator:
+class SoapProvinceSimulator(LoopbackServer):
     """One simulated SOAP platform. Run it with :meth:`start` / :meth:`stop`, or mount
     :meth:`app`: the background work lives and dies with the application."""
 
@@ -244,10 +249,8 @@ class SoapProvinceSimulator:
             "WithdrawCase": self._withdraw,
             "QueryStatus": self._query,
         }
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(log, "simulator", prefix=f"soapsim-{settings.region}-")
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -259,35 +262,8 @@ class SoapProvinceSimulator:
         app.cleanup_ctx.append(self._background)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve on ``host:port`` (0 picks a free port) and return the bound port."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound = int(runner.addresses[0][1])
-        self._url = f"http://{host}:{bound}"
+    def _listening(self) -> None:
         log.info("SOAP province simulator %s listening on %s", self.settings.region, self._url)
-        return bound
-
-    async def stop(self) -> None:
-        """Stop serving, cancel every background task and wait for them to finish."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        self._url = None
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     @property
     def endpoint(self) -> str:
@@ -296,53 +272,30 @@ class SoapProvinceSimulator:
 
     async def _background(self, _app: web.Application) -> AsyncIterator[None]:
         self._session = aiohttp.ClientSession()
-        self._spawn(self._supervised(self._report_loop), "reports")
+        self._tasks.spawn(
+            self._tasks.supervised(
+                self._report_loop,
+                on_crash=self._count_restart,
+                what=f"simulator {self.settings.region}: report loop",
+            ),
+            "reports",
+        )
         try:
             yield
         finally:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks.clear()
+            await self._tasks.cancel_all()
             await self._session.close()
             self._session = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(
-            coro, name=f"soapsim-{self.settings.region}-{name}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("simulator task %s failed", task.get_name(), exc_info=exc)
-
-    async def _supervised(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
-        """Restart a crashed loop after a pause, so it is never silently dead."""
-        while True:
-            try:
-                await loop_fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["report_loop_restarts"] += 1
-                log.exception("simulator %s: report loop crashed; restarting", self.settings.region)
-                await asyncio.sleep(0.1)
+    def _count_restart(self) -> None:
+        self.counters["report_loop_restarts"] += 1
 
     # -- behaviour --------------------------------------------------------------------------------
 
     def set_down(self, down: bool) -> None:
         """Down: answer an HTTP 503 maintenance page to every call and hold outgoing reports."""
         self.down = down
-        if down:
-            self._up.clear()
-        else:
-            self._up.set()
+        set_up(self._up, not down)
 
     def set_fault(self, code: str | None, message: str = "服务端处理异常") -> None:
         """Answer every call with a SOAP fault (``Server`` or ``Client``); None stops it."""
@@ -503,7 +456,7 @@ class SoapProvinceSimulator:
         self._by_ticket[case.ticket] = case
         self.counters["submits"] += 1
         if self.settings.report_mode == "callback" or not self.settings.advance_on_query:
-            case.task = self._spawn(self._process(case), f"case-{case.ticket}")
+            case.task = self._tasks.spawn(self._process(case), f"case-{case.ticket}")
         log.info("simulator %s: case %s received as %s", self.settings.region, case_id, case.ticket)
         return _reply(OK, "成功", WBBH=case_id, BJBH=case.ticket, BLZT=RECEIVED)
 
@@ -633,26 +586,20 @@ class SoapProvinceSimulator:
             self._inflight = None
 
     async def _next_batch(self) -> list[ET.Element]:
-        batch = [await self._reports.get()]
-        deadline = asyncio.get_running_loop().time() + self.settings.report_batch_window
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                while len(batch) < MAX_REPORTS_PER_MESSAGE:
-                    batch.append(await self._reports.get())
-        return batch
+        window = self.settings.report_batch_window
+        return await next_batch(self._reports, window, MAX_REPORTS_PER_MESSAGE)
 
     async def _deliver(self, batch: list[ET.Element]) -> None:
         """Send until the gateway answers 2xx, backing off between tries; nothing is dropped."""
-        delay = self.settings.retry_backoff
-        while True:
-            await self._up.wait()
-            if await self._post_reports(batch):
-                self.counters["messages_sent"] += 1
-                self.counters["reports_sent"] += len(batch)
-                return
-            self.counters["send_failures"] += 1
-            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
-            delay = min(delay * 2, self.settings.retry_backoff_max)
+        await send_until_acknowledged(
+            lambda: self._post_reports(batch),
+            self.settings,
+            up=self._up,
+            rng=self._rng,
+            counters=self.counters,
+        )
+        self.counters["messages_sent"] += 1
+        self.counters["reports_sent"] += len(batch)
 
     def encode_reports(self, batch: list[ET.Element]) -> bytes:
         """One ``ReportStatus`` call carrying ``batch``, as the HTTP body."""
@@ -666,29 +613,13 @@ class SoapProvinceSimulator:
 
     async def _post_reports(self, batch: list[ET.Element]) -> bool:
         assert self._session is not None
-        s = self.settings
         body = self.encode_reports(batch)
-        base = urlsplit(s.gateway_url)
-        path = base.path.rstrip("/") + INBOUND_PATH.format(region=s.region)
-        headers = sign_headers(s.key_id, s.secret, "POST", path, body)
-        headers["Content-Type"] = f"text/xml; charset={s.encoding}"
-        headers["SOAPAction"] = '"ReportStatus"'
-        timeout = aiohttp.ClientTimeout(total=s.request_timeout)
-        url = f"{base.scheme}://{base.netloc}{path}"
-        try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return True
-                log.warning(
-                    "simulator %s: gateway answered HTTP %d to %d report(s)",
-                    s.region, resp.status, len(batch),
-                )  # fmt: skip
-        except TimeoutError:
-            log.warning("simulator %s: gateway timed out", s.region)
-        except aiohttp.ClientError as exc:
-            log.warning("simulator %s: gateway unreachable (%s)", s.region, type(exc).__name__)
-        return False
+        headers = {
+            "Content-Type": f"text/xml; charset={self.settings.encoding}",
+            "SOAPAction": '"ReportStatus"',
+        }
+        return await post_signed(self._session, self.settings, body, headers, log=log,
+                                 label="simulator", count=len(batch), noun="report(s)")  # fmt: skip
 
     # -- control --------------------------------------------------------------------------------
 

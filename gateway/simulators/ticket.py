@@ -18,7 +18,6 @@ All state is in memory; nothing about an applicant is kept or logged: only case 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -28,22 +27,28 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from gateway.clock import iso
-from gateway.signing import sign_headers
+from gateway.simulators.base import INBOUND_PATH as INBOUND_PATH  # re-exported
+from gateway.simulators.base import (
+    BackgroundTasks,
+    LoopbackServer,
+    next_batch,
+    post_signed,
+    send_until_acknowledged,
+    set_up,
+)
 
 log = logging.getLogger(__name__)
 
-INBOUND_PATH = "/v1/partners/{region}/inbound"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_NOTICES_PER_MESSAGE = 100
 NOTICE_QUEUE_SIZE = 10_000
@@ -107,7 +112,7 @@ def _refuse(code: str, msg: str, status: int = 200) -> web.Response:
     return _json({"code": code, "msg": msg}, status=status)
 
 
-class TicketProvinceSimulator:
+class TicketProvinceSimulator(LoopbackServer):
     """One simulated ticket-and-callback province. :meth:`start` / :meth:`stop` it, or mount
     :meth:`app` in any aiohttp runner: its background tasks live and die with the application."""
 
@@ -142,10 +147,10 @@ class TicketProvinceSimulator:
             "out_of_order_sent": 0,
             "loop_restarts": 0,
         }
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = BackgroundTasks(
+            log, "ticket simulator", prefix=f"ticket-sim-{settings.region}-"
+        )
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._url: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -162,76 +167,28 @@ class TicketProvinceSimulator:
         app.cleanup_ctx.append(self._background)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve on ``host:port`` (0 picks a free port) and return the bound port."""
-        if self._runner is not None:
-            raise RuntimeError("simulator already started")
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        bound = int(runner.addresses[0][1])
-        self._url = f"http://{host}:{bound}"
+    def _listening(self) -> None:
         log.info("ticket simulator %s listening on %s", self.settings.region, self._url)
-        return bound
-
-    async def stop(self) -> None:
-        """Stop serving; cancel every background task and wait for it."""
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-        self._url = None
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("simulator is not started")
-        return self._url
 
     async def _background(self, _app: web.Application) -> AsyncIterator[None]:
         self._session = aiohttp.ClientSession()
-        self._spawn(self._supervised(self._notice_loop), "notices")
+        self._tasks.spawn(
+            self._tasks.supervised(
+                self._notice_loop,
+                on_crash=self._count_restart,
+                what=f"ticket simulator {self.settings.region}: loop",
+            ),
+            "notices",
+        )
         try:
             yield
         finally:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks.clear()
+            await self._tasks.cancel_all()
             await self._session.close()
             self._session = None
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        """Keep a reference to every task, so none is collected early or left running."""
-        task = asyncio.get_running_loop().create_task(
-            coro, name=f"ticket-sim-{self.settings.region}-{name}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("ticket simulator task %s failed", task.get_name(), exc_info=exc)
-
-    async def _supervised(self, loop_fn: Callable[[], Awaitable[None]]) -> None:
-        """Restart a crashed loop after a pause, so it is never silently dead."""
-        while True:
-            try:
-                await loop_fn()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.counters["loop_restarts"] += 1
-                log.exception("ticket simulator %s: loop crashed; restarting", self.settings.region)
-                await asyncio.sleep(0.1)
+    def _count_restart(self) -> None:
+        self.counters["loop_restarts"] += 1
 
     # -- middlewares ----------------------------------------------------------------------------
 
@@ -294,7 +251,7 @@ class TicketProvinceSimulator:
         self.counters["submits"] += 1
         # 已接件 is on record at once but not called back: the ticket in this answer says it.
         case.history.append(self._notice(case, RECEIVED))
-        case.task = self._spawn(self._process(case), f"case-{case.ticket}")
+        case.task = self._tasks.spawn(self._process(case), f"case-{case.ticket}")
         log.info("ticket simulator %s: case %s taken as %s", self.settings.region, case_id,
                  case.ticket)  # fmt: skip
         return _json({"code": "0", "msg": "已接件", "ticket": case.ticket})
@@ -435,61 +392,36 @@ class TicketProvinceSimulator:
         return self._rng.choice(case.history[:index]) if index > 0 else None
 
     async def _next_batch(self) -> list[dict[str, Any]]:
-        batch = [await self._notices.get()]
-        deadline = asyncio.get_running_loop().time() + self.settings.notice_batch_window
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                while len(batch) < MAX_NOTICES_PER_MESSAGE:
-                    batch.append(await self._notices.get())
-        return batch
+        window = self.settings.notice_batch_window
+        return await next_batch(self._notices, window, MAX_NOTICES_PER_MESSAGE)
 
     async def _deliver(self, batch: list[dict[str, Any]]) -> None:
         """Send until the gateway answers 2xx, backing off between tries; nothing is dropped."""
-        delay = self.settings.retry_backoff
-        while True:
-            await self._up.wait()  # a platform that is down sends nothing
-            if await self._post(batch):
-                self.counters["messages_sent"] += 1
-                self.counters["notices_sent"] += len(batch)
-                return
-            self.counters["send_failures"] += 1
-            await asyncio.sleep(delay * (0.5 + self._rng.random() / 2))
-            delay = min(delay * 2, self.settings.retry_backoff_max)
+        await send_until_acknowledged(
+            lambda: self._post(batch),
+            self.settings,
+            up=self._up,
+            rng=self._rng,
+            counters=self.counters,
+        )
+        self.counters["messages_sent"] += 1
+        self.counters["notices_sent"] += len(batch)
 
     async def _post(self, batch: list[dict[str, Any]]) -> bool:
-        s = self.settings
-        if self._session is None or not s.gateway_url:
+        if self._session is None or not self.settings.gateway_url:
             return False
         body = orjson.dumps(batch[0] if len(batch) == 1 else batch)
-        base = urlsplit(s.gateway_url)
-        path = base.path.rstrip("/") + INBOUND_PATH.format(region=s.region)
-        headers = sign_headers(s.key_id, s.secret, "POST", path, body)
-        headers["Content-Type"] = "application/json"
-        timeout = aiohttp.ClientTimeout(total=s.request_timeout)
-        url = f"{base.scheme}://{base.netloc}{path}"
-        try:
-            async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                await resp.read()
-                if 200 <= resp.status < 300:
-                    return True
-                log.warning("ticket simulator %s: gateway answered HTTP %d to %d notice(s)",
-                            s.region, resp.status, len(batch))  # fmt: skip
-        except TimeoutError:
-            log.warning("ticket simulator %s: gateway timed out", s.region)
-        except aiohttp.ClientError as exc:
-            log.warning("ticket simulator %s: gateway unreachable (%s)", s.region,
-                        type(exc).__name__)  # fmt: skip
-        return False
+        headers = {"Content-Type": "application/json"}
+        return await post_signed(self._session, self.settings, body, headers, log=log,
+                                 label="ticket simulator", count=len(batch),
+                                 noun="notice(s)")  # fmt: skip
 
     # -- control --------------------------------------------------------------------------------
 
     def set_down(self, down: bool) -> None:
         """Down: answer 503 to every ticket call and hold callbacks."""
         self.down = down
-        if down:
-            self._up.clear()
-        else:
-            self._up.set()
+        set_up(self._up, not down)
 
     def control_state(self) -> dict[str, Any]:
         s = self.settings
