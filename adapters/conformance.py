@@ -46,6 +46,7 @@ import secrets
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from adapters.sdk import (
     Accepted,
@@ -259,6 +261,52 @@ class PartnerDouble(Protocol):
         is ``approved``/``denied`` with ``completed``, else None; ``result`` is the result data.
         """
         ...
+
+
+class HttpPartnerDouble(ABC):
+    """The plumbing every HTTP double shares, for subclassing: a server on a free loopback port,
+    the current behaviour, the decoded requests received, and ``down`` as really not listening.
+
+    A subclass adds its routes in :meth:`routes` (and ``url_path`` if the adapter is given a full
+    endpoint rather than a base URL), appends what it receives to ``self._received``, and
+    implements the rest of :class:`PartnerDouble`.
+    """
+
+    url_path: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.mode: Behaviour = "ok"
+        self._received: list[Any] = []
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._url = ""
+
+    @abstractmethod
+    def routes(self, app: web.Application) -> None:
+        """Add the partner's routes to ``app``."""
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runner = runner
+        self._url = f"http://127.0.0.1:{runner.addresses[0][1]}{self.url_path}"
+
+    async def stop(self) -> None:
+        self._closing.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def behave(self, mode: Behaviour) -> None:
+        self.mode = mode
+        if mode == "down":  # nothing listens any more: connection refused
+            await self.stop()
+
+    def received(self) -> list[Any]:
+        return list(self._received)
 
 
 class PollingPartnerDouble(PartnerDouble, Protocol):

@@ -22,6 +22,7 @@ from adapters.conformance import (
     Behaviour,
     ConformanceSuite,
     HarnessError,
+    HttpPartnerDouble,
     RuleBroken,
     mutations,
 )
@@ -56,7 +57,7 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
     )
 
 
-class RestJsonDouble:
+class RestJsonDouble(HttpPartnerDouble):
     """A ``rest_json`` partner on loopback (port 0) that misbehaves on demand.
 
     Takes ``POST /cases`` (a repeat of a case gets its ticket again), supplements and withdrawals,
@@ -65,46 +66,21 @@ class RestJsonDouble:
     """
 
     def __init__(self) -> None:
-        self.mode: Behaviour = "ok"
-        self._received: list[Any] = []
+        super().__init__()
         self._tickets: dict[str, str] = {}
         self._settled: dict[str, dict[str, Any]] = {}
         self._quote = ""
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._url = ""
 
     # -- PartnerDouble ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/cases", self._submit)
         app.router.add_post("/cases/{ref}/supplements", self._follow_up)
         app.router.add_post("/cases/{ref}/withdraw", self._follow_up)
         app.router.add_get("/cases/{ref}/status", self._status)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self._runner = runner
-        self._url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        self._closing.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     def adapter_settings(self) -> dict[str, Any]:
         return {"base_url": self._url, "timeout": 0.2, "field_map": dict(FIELD_MAP)}
-
-    async def behave(self, mode: Behaviour) -> None:
-        self.mode = mode
-        if mode == "down":  # nothing listens any more: connection refused
-            await self.stop()
-
-    def received(self) -> list[Any]:
-        return list(self._received)
 
     def native_report(
         self,

@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from adapters.async_ticket import DEFAULT_STATUS_CODES, AsyncTicketAdapter
-from adapters.conformance import Behaviour, ConformanceSuite
+from adapters.conformance import ConformanceSuite, HttpPartnerDouble
 
 APP_KEY = "ticket-app-key"
 APP_SECRET = "ticket-app-secret"
@@ -47,7 +47,7 @@ def _signature_ok(headers: Mapping[str, str]) -> bool:
     return hmac.compare_digest(headers.get("X-Sign", "").encode(), expected.encode())
 
 
-class AsyncTicketDouble:
+class AsyncTicketDouble(HttpPartnerDouble):
     """An ``async_ticket`` partner on loopback (port 0) that misbehaves on demand.
 
     ``POST /tickets`` answers a ticket (a repeat of a case gets its ticket again); supplements and
@@ -57,34 +57,18 @@ class AsyncTicketDouble:
     """
 
     def __init__(self) -> None:
-        self.mode: Behaviour = "ok"
-        self._received: list[Any] = []
+        super().__init__()
         self._tickets: dict[str, str] = {}  # caseId → ticket
         self._settled: dict[str, dict[str, Any]] = {}  # ticket → status answer
         self._quote = ""
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._url = ""
 
     # -- PartnerDouble ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/tickets", self._submit)
         app.router.add_get("/tickets/{ticket}", self._status)
         app.router.add_post("/tickets/{ticket}/supplements", self._follow_up)
         app.router.add_post("/tickets/{ticket}/withdraw", self._follow_up)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self._url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    async def stop(self) -> None:
-        self._closing.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     def adapter_settings(self) -> dict[str, Any]:
         return {
@@ -94,14 +78,6 @@ class AsyncTicketDouble:
             "timeout": 0.2,
             "poll_interval": 0.05,
         }
-
-    async def behave(self, mode: Behaviour) -> None:
-        self.mode = mode
-        if mode == "down":  # nothing listens any more: connection refused
-            await self.stop()
-
-    def received(self) -> list[Any]:
-        return list(self._received)
 
     def native_report(
         self,

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from adapters.conformance import Behaviour, ConformanceSuite
+from adapters.conformance import ConformanceSuite, HttpPartnerDouble
 from adapters.soap_xml import (
     SoapXmlAdapter,
     XmlError,
@@ -95,7 +95,7 @@ def _reply(code: str, message: str, **elements: str) -> ET.Element:
     return root
 
 
-class SoapXmlDouble:
+class SoapXmlDouble(HttpPartnerDouble):
     """A ``soap_xml`` partner on loopback (port 0) that misbehaves on demand.
 
     ``SubmitCase`` is idempotent by ``WBBH`` (a repeat gets the same ``BJBH``); ``SupplementCase``
@@ -103,32 +103,18 @@ class SoapXmlDouble:
     (or 01 已接件). Like a real platform, its refusals and faults quote the applicant.
     """
 
+    url_path = SERVICE_PATH
+
     def __init__(self) -> None:
-        self.mode: Behaviour = "ok"
-        self._received: list[Any] = []
+        super().__init__()
         self._tickets: dict[str, str] = {}  # WBBH → BJBH
         self._settled: dict[str, ET.Element] = {}  # WBBH → BJZT report
         self._quote = ""
-        self._closing = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._url = ""
 
     # -- PartnerDouble ------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post(SERVICE_PATH, self._service)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self._runner = runner
-        self._url = f"http://127.0.0.1:{runner.addresses[0][1]}{SERVICE_PATH}"
-
-    async def stop(self) -> None:
-        self._closing.set()
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
 
     def adapter_settings(self) -> dict[str, Any]:
         # As SoapProvinceSimulator.adapter_settings(), with a status query and a short timeout.
@@ -151,14 +137,6 @@ class SoapXmlDouble:
             "timeout": 0.2,
             "poll_interval": 0.05,
         }
-
-    async def behave(self, mode: Behaviour) -> None:
-        self.mode = mode
-        if mode == "down":  # nothing listens any more: connection refused
-            await self.stop()
-
-    def received(self) -> list[Any]:
-        return list(self._received)
 
     def native_report(
         self,
