@@ -23,8 +23,8 @@ demo: $(STAMP)
 
 ## The whole test suite: lint, types, tests.
 test: $(STAMP)
-	$(BIN)/ruff check gateway adapters tests bench examples
-	$(BIN)/ruff format --check gateway adapters tests bench examples
+	$(BIN)/ruff check gateway adapters tests bench examples tools
+	$(BIN)/ruff format --check gateway adapters tests bench examples tools
 	$(BIN)/mypy
 	$(BIN)/mypy --strict examples/adapter-template/src
 	$(BIN)/pytest -q

@@ -2,17 +2,22 @@
 
 - GB 11643-1999 citizen ID numbers (ISO 7064 MOD 11-2 check character, real birth date),
 - GB 32100-2015 unified social credit codes (MOD 31 check character),
-- GB/T 2260 region codes (province prefix; the full county table belongs to the contract list).
+- GB/T 2260 region codes, against the full table in data/regions.json (tools/build_regions.py).
 
 Error messages never repeat the value: it may be a person's ID number.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from datetime import date
+from functools import cache
+from importlib import resources
 from operator import mul
-from typing import Annotated
+from types import MappingProxyType
+from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator
 
@@ -38,6 +43,37 @@ _ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
 _REGION_SHAPE = re.compile(r"[0-9]{6}")
 
 
+class Regions(NamedTuple):
+    """The GB/T 2260 table: codes in use today, and codes since dropped (with the last year)."""
+
+    current: Mapping[str, str]
+    historical: Mapping[str, tuple[str, int | None]]
+
+
+@cache
+def regions() -> Regions:
+    """Read the table on first use, so that importing this module stays cheap; read-only views."""
+    text = resources.files("gateway").joinpath("data/regions.json").read_text(encoding="utf-8")
+    raw = json.loads(text)
+    historical = {code: (name, year) for code, (name, year) in raw["historical"].items()}
+    return Regions(MappingProxyType(raw["current"]), MappingProxyType(historical))
+
+
+def region_name(code: str) -> str | None:
+    """The name of a current or historical GB/T 2260 code (the current name wins), or None."""
+    table = regions()
+    if code in table.current:
+        return table.current[code]
+    entry = table.historical.get(code)
+    return entry[0] if entry else None
+
+
+def _is_address_code(code: str) -> bool:
+    # Historical codes count: a number keeps the code of the county that issued it, for life.
+    table = regions()
+    return code in table.current or code in table.historical or code in PERMIT_PREFIXES
+
+
 def id_check_char(first17: str) -> str:
     """The GB 11643 check character for the first seventeen digits."""
     if len(first17) != 17:
@@ -51,7 +87,7 @@ def id_number_problem(value: str) -> str | None:
     """Why an eighteen-character citizen ID number is invalid, or None if it is valid."""
     if not _ID_SHAPE.fullmatch(value):
         return "must be 17 digits followed by a digit or X"
-    if not (value[:2] in PROVINCES or value.startswith(PERMIT_PREFIXES)):
+    if not _is_address_code(value[:6]):
         return "address code is not a known region"
     try:
         born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
@@ -81,10 +117,17 @@ def credit_code_problem(value: str) -> str | None:
 
 
 def region_problem(value: str) -> str | None:
+    """Why a region code is not a current GB/T 2260 code, or None.
+
+    Only current codes: a case is routed to, or handled in, a region that exists today. The
+    residence-permit prefix 830000 is not a region (Taiwan is 710000).
+    """
     if not _REGION_SHAPE.fullmatch(value):
         return "must be a six-digit GB/T 2260 code"
     if value[:2] not in PROVINCES:
         return "province prefix is not a GB/T 2260 province"
+    if value not in regions().current:
+        return "is not a current GB/T 2260 region code"
     return None
 
 

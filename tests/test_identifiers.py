@@ -17,7 +17,9 @@ from gateway.identifiers import (
     credit_code_problem,
     id_check_char,
     id_number_problem,
+    region_name,
     region_problem,
+    regions,
 )
 
 ID_ADAPTER = pydantic.TypeAdapter(IdNumber)
@@ -174,6 +176,7 @@ def test_non_ascii_digits_are_refused():
     [
         wrong_check("33010619800101001"),
         citizen("99010619800101001"),
+        citizen("33019919800101001"),  # valid province prefix, no such county
         citizen("33010619801301001"),
         citizen("33010618000101001"),
         "33010619800101001",
@@ -252,7 +255,19 @@ def test_region_codes_accepted(code):
 
 
 @pytest.mark.parametrize(
-    "code", ["990000", "000000", "330000" + "000000", "33000", "3300000", "33000A", "３３００００"]
+    "code",
+    [
+        "990000",
+        "000000",
+        "330000" + "000000",
+        "33000",
+        "3300000",
+        "33000A",
+        "３３００００",
+        "330199",  # province prefix of Zhejiang, but no such county
+        "110103",  # 崇文区, merged into 东城区 in 2010: historical, not current
+        "830000",  # residence-permit address code, not a region (Taiwan is 710000)
+    ],
 )
 def test_region_codes_refused(code):
     problem = region_problem(code)
@@ -265,3 +280,76 @@ def test_region_codes_refused(code):
 def test_five_digit_region_message():
     assert region_problem("33000") == "must be a six-digit GB/T 2260 code"
     assert region_problem("990000") == "province prefix is not a GB/T 2260 province"
+
+
+def test_current_county_codes_are_accepted():
+    assert region_problem("330106") is None
+    assert region_name("330106") == "西湖区"
+    # Districts set up after 2020 are in the table too.
+    assert region_name("330113") == "临平区"
+    assert region_problem("330113") is None
+
+
+@pytest.mark.parametrize("code", ["710000", "810000", "820000"])
+def test_taiwan_hong_kong_macao_are_gbt2260_regions(code):
+    assert region_problem(code) is None
+
+
+def test_unknown_code_under_a_real_province_is_refused():
+    table = regions()
+    assert "330199" not in table.current and "330199" not in table.historical
+    assert region_problem("330199") == "is not a current GB/T 2260 region code"
+    assert region_name("330199") is None
+
+
+def test_abolished_county_is_not_a_current_region():
+    # 下城区 and 江干区 of Hangzhou were abolished in 2021.
+    for code in ("330103", "330104"):
+        assert region_problem(code) == "is not a current GB/T 2260 region code"
+        assert region_name(code) is not None
+
+
+@pytest.mark.parametrize(
+    ("first17", "name", "last_year"),
+    [
+        ("11010319650412003", "崇文区", 2009),  # merged into 东城区 in 2010
+        ("11010419780915021", "宣武区", 2009),  # merged into 西城区 in 2010
+        ("33010319900101002", "下城区", 2020),  # split between 上城区 and 拱墅区 in 2021
+        ("13052119870707015", "邢台县", 2019),  # split between 襄都区 and 信都区 in 2020
+    ],
+)
+def test_numbers_issued_under_abolished_counties_stay_valid(first17, name, last_year):
+    code = first17[:6]
+    assert regions().historical[code] == (name, last_year)
+    assert code not in regions().current
+    value = citizen(first17)
+    assert id_number_problem(value) is None
+    assert ID_ADAPTER.validate_python(value) == value
+
+
+@pytest.mark.parametrize("prefix", ["330199", "110199", "510198", "650099"])
+def test_address_code_that_never_existed_is_refused(prefix):
+    assert region_name(prefix) is None
+    problem = id_number_problem(citizen(f"{prefix}19800101001"))
+    assert problem == "address code is not a known region"
+
+
+def test_region_table_is_whole_and_consistent():
+    table = regions()
+    counties = [code for code in table.current if not code.endswith("00")]
+    assert len(table.current) > 3000 and len(counties) > 2800
+    assert len(table.historical) > 3000
+    assert not table.current.keys() & table.historical.keys()
+    for code in [*table.current, *table.historical]:
+        assert len(code) == 6 and code.isascii() and code.isdigit(), code
+    provinces = {code[:2] for code in table.current}
+    assert provinces == {"11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34",
+                         "35", "36", "37", "41", "42", "43", "44", "45", "46", "50", "51", "52",
+                         "53", "54", "61", "62", "63", "64", "65", "71", "81", "82"}  # fmt: skip
+    assert "830000" not in table.current and "830000" not in table.historical
+
+
+def test_region_table_is_loaded_once_and_read_only():
+    assert regions() is regions()
+    with pytest.raises(TypeError):
+        regions().current["999999"] = "x"
