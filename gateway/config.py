@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -151,15 +152,41 @@ class PartnerSection(_Section):
         return v
 
 
+class SubscriberSection(_Section):
+    """A recipient a contract names besides the origin and the hub, e.g. the department that
+    supervises what another one approved (审管联动). It gets every event of the cases of the
+    items that name it, signed and in order like any recipient."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    url: str
+    secret: str = Field(min_length=8)
+    batch: bool = False
+    regions: list[str] = Field(
+        default_factory=list,
+        description="only cases with an origin or handling region here (a province code "
+        "covers its cities and counties); empty: every case",
+    )
+
+    def covers(self, regions: Iterable[str]) -> bool:
+        if not self.regions:
+            return True
+        mine = set(self.regions)
+        return any(r in mine or r[:2] + "0000" in mine for r in regions)
+
+
 class Config(_Section):
     gateway: GatewaySection = Field(default_factory=GatewaySection)
     national_hub: HubSection | None = None
     operators: list[OperatorSection] = Field(default_factory=list)
     partners: list[PartnerSection] = Field(default_factory=list)
+    subscribers: list[SubscriberSection] = Field(default_factory=list)
     demo: bool = Field(False, description="also run the demo partner simulators in-process")
 
     def partner(self, region: str) -> PartnerSection | None:
         return next((p for p in self.partners if p.region == region), None)
+
+    def subscriber(self, name: str) -> SubscriberSection | None:
+        return next((s for s in self.subscribers if s.name == name), None)
 
     def key_regions(self) -> dict[str, str]:
         """Key id → region; a key id belongs to exactly one region."""
@@ -221,6 +248,10 @@ def _check_consistency(config: Config, source: str) -> None:
             )
         if p.inbound.mode == "token" and not p.inbound.token:
             raise ConfigError(f"{source}: partners[{i}].inbound.token: required for mode token")
+    names = [s.name for s in config.subscribers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{source}: subscribers[{i}].name: {name!r} is configured twice")
 
 
 def load(path: Path) -> Config:

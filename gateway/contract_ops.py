@@ -43,6 +43,7 @@ class ContractOps:
                 }
                 for code, item in sorted(lst.items.items())
             ],
+            "calendar": lst.calendar.model_dump(mode="json"),
         }
 
     async def item(self, item_code: str) -> dict[str, Any]:

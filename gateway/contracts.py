@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from gateway.identifiers import CreditCode, IdNumber, RegionCode
+from gateway.workdays import WorkCalendar
+from gateway.workdays import deadline_after as deadline_after  # re-exported for callers
 
 Mode = Literal["online", "proxy", "multi_site"]
 VersionStatus = Literal["draft", "active", "deprecated", "retired"]
@@ -74,13 +76,36 @@ class FieldSpec(BaseModel):
         return self
 
 
+class LegSpec(BaseModel):
+    """One leg of a ``multi_site`` case (多地联办): a region that works the case in its turn.
+
+    Its region is fixed or taken from a payload field. ``carry`` names what this leg is given of
+    the previous leg's result: ``{"this leg's payload field": "previous leg's result field"}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str = ""
+    handling_region: str | None = Field(default=None, pattern=r"^\d{6}$")
+    from_field: str | None = None
+    carry: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LegSpec:
+        if (self.handling_region is None) == (self.from_field is None):
+            raise ValueError("a leg names exactly one of handling_region or from_field")
+        return self
+
+
 class Routing(BaseModel):
-    """How the handling region is found: fixed, or derived from a payload field."""
+    """How the handling region is found: fixed, derived from a payload field, or, for a
+    ``multi_site`` item, ordered legs (the first leg's region is where the case goes first)."""
 
     model_config = ConfigDict(extra="forbid")
 
     handling_region: str | None = None
     from_field: str | None = None
+    legs: list[LegSpec] = Field(default_factory=list)
 
 
 class AttachmentSpec(BaseModel):
@@ -114,6 +139,27 @@ class ContractVersion(BaseModel):
     attachments: list[AttachmentSpec] = Field(
         default_factory=list, description="materials by kind; empty: any attachment is accepted"
     )
+    subscribers: list[str] = Field(
+        default_factory=list,
+        description="recipients of every event besides origin and hub, by their configured "
+        "name (e.g. a supervising department, 审管联动)",
+    )
+
+    @model_validator(mode="after")
+    def _legs_fit_mode(self) -> ContractVersion:
+        legs = self.routing.legs
+        if self.mode == "multi_site" and len(legs) < 2:
+            raise ValueError("a multi_site version needs routing.legs with at least two legs")
+        if self.mode != "multi_site" and legs:
+            raise ValueError("routing.legs is only for the multi_site mode")
+        if legs and (self.routing.handling_region or self.routing.from_field):
+            raise ValueError("with routing.legs, the legs name the regions")
+        if legs and legs[0].carry:
+            raise ValueError("routing.legs[0].carry: the first leg has no previous leg")
+        for i, leg in enumerate(legs):
+            if leg.from_field and leg.from_field not in self.fields:
+                raise ValueError(f"routing.legs[{i}].from_field: no field {leg.from_field!r}")
+        return self
 
     def admits(self, origin: str) -> bool:
         return "*" in self.origins or origin in self.origins or origin[:2] + "0000" in self.origins
@@ -136,24 +182,31 @@ class ServiceItem(BaseModel):
 
 
 class ContractList(BaseModel):
-    """Every service item with all its versions, plus the code tables they name."""
+    """Every service item with all its versions, plus the code tables they name and the working-day
+    calendar their time limits are counted in."""
 
     items: dict[str, ServiceItem]
     code_tables: dict[str, dict[str, str]] = Field(default_factory=dict)
+    calendar: WorkCalendar = Field(default_factory=WorkCalendar)
 
     @classmethod
     def load(cls, folder: Path) -> ContractList:
-        """Read ``*.json`` item files and the optional ``code_tables.json`` from a folder."""
+        """Read ``*.json`` item files and the optional ``code_tables.json`` and ``calendar.json``
+        from a folder."""
         items: dict[str, ServiceItem] = {}
         tables: dict[str, dict[str, str]] = {}
+        calendar = WorkCalendar()
         for path in sorted(folder.glob("*.json")):
             raw = orjson.loads(path.read_bytes())
             if path.name == "code_tables.json":
                 tables = raw
                 continue
+            if path.name == "calendar.json":
+                calendar = WorkCalendar.model_validate(raw)
+                continue
             item = ServiceItem.model_validate(raw)
             items[item.item_code] = item
-        return cls(items=items, code_tables=tables)
+        return cls(items=items, code_tables=tables, calendar=calendar)
 
     _validators: dict[tuple[str, int], type[BaseModel]] = PrivateAttr(default_factory=dict)
 
@@ -241,21 +294,6 @@ def compile_fields(
 
 def province_of(region: str) -> str:
     return region[:2] + "0000"
-
-
-def deadline_after(start: float, working_days: int) -> float:
-    """``working_days`` working days (Monday to Friday) after ``start``, same time of day.
-
-    Public holidays and make-up working days (调休) are not modelled yet: that needs the State
-    Council's yearly calendar in the contract list.
-    """
-    day = 86400.0
-    t, left = start, working_days
-    while left > 0:
-        t += day
-        if datetime.fromtimestamp(t).weekday() < 5:
-            left -= 1
-    return t
 
 
 def attachment_errors(

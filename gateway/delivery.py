@@ -23,7 +23,7 @@ from yarl import URL
 from gateway.clock import Clock
 from gateway.config import Config, RetryPolicy
 from gateway.retry import Circuit, backoff
-from gateway.service import HUB, render_event
+from gateway.service import HUB, render_event, subscriber_recipient
 from gateway.signing import sign_headers
 from gateway.store.base import Ack, DeliveryClaim, DeliveryFailed, EventRecord, Op, Store
 from gateway.supervisor import Signal
@@ -63,6 +63,8 @@ def targets(config: Config) -> dict[str, Target]:
     for p in config.partners:
         if p.callback_url and p.callback_secret:
             out[f"region:{p.region}"] = Target(p.callback_url, p.callback_secret, p.batch_callbacks)
+    for s in config.subscribers:
+        out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch)
     return out
 
 
@@ -210,7 +212,7 @@ class Deliverer:
     ) -> str | None:
         """POST the events; None on a 2xx, else a short reason (never the payload)."""
         if target is None:
-            return "recipient is no longer configured"
+            return "recipient is not configured"
         rendered = [render_event(e) for e in events]
         body = orjson.dumps(rendered if batch else rendered[0])
         url = target.url

@@ -180,7 +180,7 @@ class Dispatcher:
                     job.case_id, reason)  # fmt: skip
         ops: list[Op] = [FinishJob(job.job_id, "dead", now, reason)]
         if job.kind == "submit":
-            ops.append(self._transition(case, Status.FAILED, now, {"reason": reason}))
+            ops.append(self._transition(job, case, Status.FAILED, now, {"reason": reason}))
         return ops
 
     async def _compensate(self, job: JobRecord, ops: list[Op], results: list[OpResult]) -> None:
@@ -204,7 +204,7 @@ class Dispatcher:
     ) -> list[Op]:
         ops: list[Op] = [FinishJob(job.job_id, "done", now)]
         if job.kind == "submit":
-            t = self._transition(case, Status.DISPATCHED, now, {})
+            t = self._transition(job, case, Status.DISPATCHED, now, {})
             ops.append(replace(t, partner_ref=outcome.partner_ref))
         ops.extend(
             self.service.update_transition(job.region, u, {}, now)
@@ -214,9 +214,12 @@ class Dispatcher:
         return ops
 
     def _transition(
-        self, case: CaseRecord, status: Status, now: float, data: dict[str, Any]
+        self, job: JobRecord, case: CaseRecord, status: Status, now: float, data: dict[str, Any]
     ) -> Transition:
+        """The gateway's own transition for a job: for a multi-site case, only on its leg."""
+        leg = job.data.get("leg")
         return Transition(
+            leg=leg if isinstance(leg, int) else None,
             case_id=case.case_id,
             status=status,
             event_id=new_id(now, "E"),

@@ -111,6 +111,18 @@ class DeliveryState(BaseModel):
     last_error: str | None
 
 
+class Leg(BaseModel):
+    """One leg of a multi-site case (多地联办), worked by one region in its turn."""
+
+    index: int = Field(description="1 for the first leg")
+    region: str
+    title: str
+    status: str = Field(description="the leg's own status; `waiting` until its turn comes")
+    outcome: str | None
+    result: dict[str, Any] | None
+    partner_ref: str | None
+
+
 class Case(BaseModel):
     """A case as the API returns it."""
 
@@ -132,6 +144,9 @@ class Case(BaseModel):
     )
     time_limit_stopped: bool = Field(description="the clock is stopped: waiting for a supplement")
     overdue: bool = Field(description="past the deadline and not yet decided")
+    legs: list[Leg] | None = Field(
+        default=None, description="multi_site only: every leg in order; null for other modes"
+    )
     history: list[Event]
     deliveries: list[DeliveryState]
     ignored: list[dict[str, Any]] = Field(

@@ -3,17 +3,22 @@ candidate list may be published over what was published before, and a readable d
 
 A published version may change only its ``status`` (``active`` → ``deprecated`` → ``retired``).
 Everything else — its fields, routing, rules, and the code tables its fields name — is fixed once
-published, since cases were accepted under it.
+published, since cases were accepted under it. The working-day calendar is not part of any
+version: it may change in any revision (next year's holidays are added when announced), and a case
+keeps the deadline worked out when it was received.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 import orjson
 
 from gateway.contracts import ContractList, ContractVersion, walk
+from gateway.workdays import WorkCalendar
 
 VersionKey = tuple[str, int]
 
@@ -106,6 +111,24 @@ def diff(old: ContractList | None, new: ContractList) -> list[str]:
         if old_tables.get(name) != new.code_tables.get(name):
             sign = "+" if name not in old_tables else "-" if name not in new.code_tables else "~"
             lines.append(f"{sign} code table {name}")
+    return lines + _calendar_diff(old.calendar if old else WorkCalendar(), new.calendar)
+
+
+def _calendar_diff(old: WorkCalendar, new: WorkCalendar) -> list[str]:
+    """Dates added and removed, by year, so a new year's notice reads as one or two lines."""
+    lines = []
+    if old.timezone != new.timezone:
+        lines.append(f"~ calendar timezone {old.timezone} → {new.timezone}")
+    for kind in ("holidays", "workdays"):
+        before, after = set(getattr(old, kind)), set(getattr(new, kind))
+        for sign, days in (("+", after - before), ("-", before - after)):
+            by_year: defaultdict[int, list[date]] = defaultdict(list)
+            for d in sorted(days):
+                by_year[d.year].append(d)
+            for year, ds in sorted(by_year.items()):
+                lines.append(f"{sign} calendar {year} {kind}: {', '.join(map(str, ds))}")
+    lines += [f"+ calendar notice {n}" for n in new.notices if n not in old.notices]
+    lines += [f"- calendar notice {n}" for n in old.notices if n not in new.notices]
     return lines
 
 

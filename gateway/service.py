@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from adapters.sdk import Adapter, CanonicalCase, StatusUpdate
-from gateway import errors, lifecycle
+from gateway import errors, legs, lifecycle
 from gateway.clock import Clock, iso
 from gateway.config import Config
 from gateway.contracts import (
@@ -53,6 +53,10 @@ MAX_PAGE = 500
 
 def region_recipient(region: str) -> str:
     return f"region:{region}"
+
+
+def subscriber_recipient(name: str) -> str:
+    return f"sub:{name}"
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,8 @@ class CaseService:
             ) from None
         version = self._contract(sub.item_code, sub.contract_version, origin)
         payload = self._validate_payload(sub.item_code, version, sub.payload)
-        handler = self._route(sub, version, payload, origin)
+        leg_plan = self._legs(sub, version, payload)
+        handler = leg_plan[0]["region"] if leg_plan else self._route(sub, version, payload, origin)
         blobs = _attachment_blobs(sub)
         sizes = {sha: len(content) for sha, _, content in blobs}
         given = [(a.kind, a.media_type, sizes.get(a.sha256)) for a in sub.attachments]
@@ -134,14 +139,16 @@ class CaseService:
             attachments=[
                 a.model_dump(mode="json", exclude={"content_base64"}) for a in sub.attachments
             ],
-            recipients=self._recipients(origin),
+            recipients=self._recipients(origin, version, [handler, *legs.of(leg_plan)]),
             created_at=now,
             updated_at=now,
-            deadline=deadline_after(now, version.time_limit_days),
+            deadline=deadline_after(now, version.time_limit_days, self.contracts.calendar),
             last_seq=1,
+            legs=leg_plan,
         )
         first = self._event(case, Status.RECEIVED, now, {})
-        op = Submit(case, first, (NewJob("submit", handler),), blobs)
+        job = NewJob("submit", handler, {"leg": 0} if leg_plan else {})
+        op = Submit(case, first, (job,), blobs)
         (result,) = await self.store.write([op], now)
         assert isinstance(result, SubmitResult)
         self.count.submitted(sub.item_code, result.kind)
@@ -195,7 +202,7 @@ class CaseService:
         if routed is None and version.routing.from_field:
             value = payload.get(version.routing.from_field)
             if isinstance(value, str):
-                routed = value if value in self.adapters else province_of(value)
+                routed = self._partner_region(value)
         if sub.handling_region and routed and sub.handling_region != routed:
             raise errors.invalid(["handling_region"], f"the contract routes this case to {routed}")
         handler = sub.handling_region or routed
@@ -207,13 +214,54 @@ class CaseService:
             raise errors.invalid(["handling_region"], "must differ from the origin region")
         return handler
 
-    def _recipients(self, origin: str) -> list[str]:
+    def _legs(
+        self,
+        sub: CaseSubmission,
+        version: ContractVersion,
+        payload: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """A multi-site case's legs, each to a connected partner; [] for other modes."""
+        specs = version.routing.legs
+        if not specs:
+            return []
+        try:
+            planned = legs.plan(specs, payload, self._partner_region)
+        except ValueError as exc:
+            name, _, why = str(exc).partition(": ")
+            raise errors.invalid(["payload", name], why) from None
+        for i, (spec, leg) in enumerate(zip(specs, planned, strict=True)):
+            loc: list[str | int] = (
+                ["payload", spec.from_field] if spec.from_field else ["handling_region"]
+            )
+            if leg["region"] not in self.adapters:
+                raise errors.invalid(loc, f"no connected partner handles {leg['region']}")
+            if any(leg["region"] == other["region"] for other in planned[:i]):
+                raise errors.invalid(loc, f"leg {i + 1} must go to a region no other leg has")
+        first = planned[0]["region"]
+        if sub.handling_region and sub.handling_region != first:
+            raise errors.invalid(["handling_region"], f"the first leg goes to {first}")
+        return planned
+
+    def _partner_region(self, code: str) -> str:
+        """The connected partner for a region code: itself, or its province's platform."""
+        return code if code in self.adapters else province_of(code)
+
+    def _recipients(
+        self, origin: str, version: ContractVersion, handlers: Sequence[str]
+    ) -> list[str]:
+        """Origin (downward), hub (upward), and the subscribers the contract names that cover
+        the case's regions. A subscriber not (or no longer) configured still gets its cursor:
+        its events wait, visible in ``deliveries``, until it is configured again."""
         out = []
         partner = self.config.partner(origin)
         if partner and partner.callback_url:
             out.append(region_recipient(origin))
         if self.config.national_hub:
             out.append(HUB)
+        for name in version.subscribers:
+            sub = self.config.subscriber(name)
+            if sub is None or sub.covers([origin, *handlers]):
+                out.append(subscriber_recipient(name))
         return out
 
     def _event(
@@ -464,7 +512,7 @@ def _attachment_blobs(sub: CaseSubmission) -> tuple[tuple[str, str, bytes], ...]
 def _may_read(caller: Caller, case: CaseRecord) -> bool:
     if caller.operator:
         return True
-    return caller.region in (case.origin_region, case.handling_region)
+    return caller.region == case.origin_region or caller.region in legs.regions(case)
 
 
 def canonical(case: CaseRecord, attachments: Sequence[Mapping[str, Any]] = ()) -> CanonicalCase:
@@ -477,7 +525,7 @@ def canonical(case: CaseRecord, attachments: Sequence[Mapping[str, Any]] = ()) -
         origin_region=case.origin_region,
         handling_region=case.handling_region,
         applicant=case.applicant,
-        payload=case.payload,
+        payload=legs.payload_for(case),
         attachments=tuple(attachments),
         partner_ref=case.partner_ref,
     )
@@ -514,6 +562,18 @@ def _summary(c: CaseRecord) -> dict[str, Any]:
     }
 
 
+def _render_leg(i: int, leg: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "index": i + 1,
+        "region": leg["region"],
+        "title": leg["title"],
+        "status": leg["status"],
+        "outcome": leg["outcome"],
+        "result": leg["result"],
+        "partner_ref": leg["partner_ref"],
+    }
+
+
 def render_case(d: CaseDetail, now: float) -> dict[str, Any]:
     c = d.case
     return {
@@ -524,6 +584,7 @@ def render_case(d: CaseDetail, now: float) -> dict[str, Any]:
         "deadline": iso(c.deadline) if c.deadline else None,
         "time_limit_stopped": c.paused_at is not None,
         "overdue": lifecycle.overdue(c.status, c.deadline, c.paused_at, now),
+        "legs": [_render_leg(i, leg) for i, leg in enumerate(c.legs)] or None,
         "history": [render_event(e) for e in d.events],
         "deliveries": [
             {

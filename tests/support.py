@@ -66,8 +66,14 @@ def medical_filing(request_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def gateway_config(
-    store: str, port: int, sim_ports: dict[str, int], hub_port: int, **gateway: Any
+    store: str,
+    port: int,
+    sim_ports: dict[str, int],
+    hub_port: int,
+    top: dict[str, Any] | None = None,
+    **gateway: Any,
 ) -> Config:
+    """A test configuration; ``top`` adds top-level sections (e.g. ``subscribers``)."""
     raw: dict[str, Any] = {
         "gateway": {
             "listen": f"127.0.0.1:{port}",
@@ -100,6 +106,7 @@ def gateway_config(
             }
             for region, p in sim_ports.items()
         ],
+        **(top or {}),
     }
     return parse(raw, "test config")
 
@@ -180,7 +187,9 @@ def simulator(region: str, gw_port: int, **kw: Any) -> ProvinceSimulator:
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, **gateway: Any) -> AsyncIterator[World]:
+async def world(
+    tmp_path: Path, top: dict[str, Any] | None = None, **gateway: Any
+) -> AsyncIterator[World]:
     """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
     started is stopped again even if a later step of the setup fails."""
     async with AsyncExitStack() as stack:
@@ -192,7 +201,8 @@ async def world(tmp_path: Path, **gateway: Any) -> AsyncIterator[World]:
             stack.push_async_callback(sim.stop)
         hub_port = await hub.start("127.0.0.1", 0)
         stack.push_async_callback(hub.stop)
-        config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, ports, hub_port, **gateway)
+        store = f"sqlite:///{tmp_path}/gw.db"
+        config = gateway_config(store, 0, ports, hub_port, top, **gateway)
         gw = Gateway(config, poll_interval=0.05)
         stack.push_async_callback(gw.stop)
         gw_port = await gw.start()

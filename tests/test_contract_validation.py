@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pydantic
 import pytest
@@ -14,10 +18,12 @@ from gateway.contracts import (
     ContractVersion,
     FieldSpec,
     ServiceItem,
+    WorkCalendar,
     compile_fields,
     deadline_after,
 )
 from gateway.identifiers import id_check_char
+from tests.support import CONTRACTS
 
 TABLES = {"insurance_type": {"310": "职工基本医疗保险", "390": "城乡居民基本医疗保险"}}
 ID_NUMBER = "11010519491231002" + id_check_char("11010519491231002")
@@ -268,18 +274,28 @@ def test_explicit_version_number():
 
 # ---- deadlines --------------------------------------------------------------------------------
 
-# January 2026 (no daylight-saving change anywhere near it): the 16th is a Friday.
+BEIJING = ZoneInfo("Asia/Shanghai")
+PLAIN = WorkCalendar()  # Monday to Friday, no holidays
+SHIPPED = ContractList.load(CONTRACTS).calendar
+
+# January 2026, between the New Year and Spring Festival holidays: the 16th is a Friday.
 FRIDAY = datetime(2026, 1, 16, 10, 30)
 
 
 def local(*args: int) -> float:
-    return datetime(*args).timestamp()  # type: ignore[arg-type]
+    """Epoch seconds of a wall-clock time in Beijing, whatever the host's time zone."""
+    return datetime(*args, tzinfo=BEIJING).timestamp()  # type: ignore[misc]
+
+
+def beijing(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, BEIJING)
 
 
 def test_friday_is_a_friday():
     assert FRIDAY.weekday() == 4
 
 
+@pytest.mark.parametrize("calendar", [PLAIN, SHIPPED], ids=["plain", "shipped"])
 @pytest.mark.parametrize(
     ("start", "days", "end"),
     [
@@ -294,15 +310,112 @@ def test_friday_is_a_friday():
         ((2026, 1, 15, 23, 59), 1, (2026, 1, 16, 23, 59)),  # Thursday + 1 → Friday
     ],
 )
-def test_deadline_after_skips_weekends(start, days, end):
-    assert deadline_after(local(*start), days) == local(*end)
+def test_deadline_after_skips_weekends(calendar, start, days, end):
+    assert deadline_after(local(*start), days, calendar) == local(*end)
 
 
 def test_deadline_never_falls_on_a_weekend():
     for start_day in range(12, 19):
         for days in range(1, 12):
-            end = datetime.fromtimestamp(deadline_after(local(2026, 1, start_day, 12, 0), days))
+            end = beijing(deadline_after(local(2026, 1, start_day, 12, 0), days, PLAIN))
             assert end.weekday() < 5
+
+
+@pytest.mark.parametrize(
+    ("start", "days", "end"),
+    [
+        # 国庆 2026: 1 to 7 October off, Sunday 20 September and Saturday 10 October worked.
+        ((2026, 9, 30, 14, 0), 1, (2026, 10, 8, 14, 0)),  # Wednesday + 1 → after the holiday
+        ((2026, 9, 30, 14, 0), 3, (2026, 10, 10, 14, 0)),  # … the third is the worked Saturday
+        ((2026, 9, 30, 14, 0), 4, (2026, 10, 12, 14, 0)),  # Sunday 11 October is off
+        ((2026, 10, 3, 9, 0), 1, (2026, 10, 8, 9, 0)),  # received during the holiday
+        ((2026, 10, 9, 9, 0), 2, (2026, 10, 12, 9, 0)),  # Friday + 2: Saturday (worked), Monday
+        ((2026, 9, 19, 9, 0), 1, (2026, 9, 20, 9, 0)),  # Saturday + 1 → the worked Sunday
+        # 20 days from Monday 21 September: 中秋 (25–27 September) and 国庆 both fall in it.
+        ((2026, 9, 21, 10, 0), 20, (2026, 10, 26, 10, 0)),
+        # 春节 2026: 15 to 23 February off, Saturdays 14 and 28 February worked.
+        ((2026, 2, 13, 11, 0), 1, (2026, 2, 14, 11, 0)),
+        ((2026, 2, 13, 11, 0), 2, (2026, 2, 24, 11, 0)),
+        ((2026, 2, 27, 11, 0), 1, (2026, 2, 28, 11, 0)),
+        # 元旦 2026: 1 to 3 January off, Sunday 4 January worked.
+        ((2025, 12, 31, 16, 0), 1, (2026, 1, 4, 16, 0)),
+        # 2025: 国庆 and 中秋 together, 1 to 8 October.
+        ((2025, 9, 30, 16, 0), 1, (2025, 10, 9, 16, 0)),
+        # 2024: 劳动节 1 to 5 May, Saturday 11 May worked.
+        ((2024, 4, 30, 8, 0), 1, (2024, 5, 6, 8, 0)),
+        ((2024, 5, 10, 8, 0), 1, (2024, 5, 11, 8, 0)),
+    ],
+)
+def test_deadline_follows_the_state_council_calendar(start, days, end):
+    assert deadline_after(local(*start), days, SHIPPED) == local(*end)
+
+
+def test_the_national_day_holiday_moves_a_deadline_that_plain_weekdays_would_not():
+    start = local(2026, 9, 21, 10, 0)
+    assert beijing(deadline_after(start, 20, PLAIN)).date() == date(2026, 10, 19)
+    assert beijing(deadline_after(start, 20, SHIPPED)).date() == date(2026, 10, 26)
+
+
+def test_make_up_weekend_days_are_working_days_and_other_weekends_are_not():
+    for worked in (date(2026, 1, 4), date(2026, 2, 14), date(2026, 9, 20), date(2026, 10, 10)):
+        assert worked.weekday() >= 5 and SHIPPED.is_working_day(worked), worked
+    for off in (date(2026, 10, 11), date(2026, 10, 17), date(2026, 1, 10)):
+        assert not SHIPPED.is_working_day(off), off
+    for holiday in (date(2026, 10, 1), date(2026, 10, 7), date(2026, 2, 23), date(2026, 6, 19)):
+        assert holiday.weekday() < 5 and not SHIPPED.is_working_day(holiday), holiday
+    assert SHIPPED.is_working_day(date(2026, 10, 8))
+
+
+def test_a_deadline_under_the_shipped_calendar_always_falls_on_a_working_day():
+    start = local(2026, 1, 1, 12, 0)
+    for offset in range(0, 365, 3):
+        for days in (1, 3, 5, 20):
+            end = beijing(deadline_after(start + offset * 86400, days, SHIPPED))
+            assert SHIPPED.is_working_day(end.date()), (offset, days, end)
+
+
+@pytest.fixture(params=["UTC", "America/Los_Angeles", "Asia/Shanghai"])
+def host_zone(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with the host's local time zone set to something else."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = request.param
+    time.tzset()
+    try:
+        yield request.param
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_days_are_counted_in_beijing_whatever_the_host_time_zone(host_zone: str) -> None:
+    # Friday 20:00 UTC is already Saturday 04:00 in Beijing: one working day later is Monday
+    # 04:00 in Beijing, which is Sunday evening in UTC. Counting by the host's UTC calendar would
+    # have given Monday evening.
+    received = datetime(2026, 1, 16, 20, 0, tzinfo=UTC).timestamp()
+    deadline = deadline_after(received, 1, SHIPPED)
+    assert deadline == datetime(2026, 1, 18, 20, 0, tzinfo=UTC).timestamp()
+    assert beijing(deadline) == datetime(2026, 1, 19, 4, 0, tzinfo=BEIJING)
+    # 国庆: received 23:30 UTC on 30 September is 07:30 on 1 October in Beijing, a holiday.
+    # One working day later is 8 October in Beijing; by UTC dates it would have been the 9th.
+    received = datetime(2026, 9, 30, 23, 30, tzinfo=UTC).timestamp()
+    assert beijing(deadline_after(received, 1, SHIPPED)) == datetime(
+        2026, 10, 8, 7, 30, tzinfo=BEIJING
+    )
+
+
+def test_a_deadline_is_whole_days_after_receipt_to_the_fraction_of_a_second():
+    received = local(2026, 9, 30, 14, 0) + 0.123456789
+    assert deadline_after(received, 1, SHIPPED) == received + 8 * 86400
+    assert deadline_after(received, 0, SHIPPED) == received
+
+
+def test_the_calendar_counts_in_its_own_time_zone():
+    utc = WorkCalendar(timezone="UTC")
+    received = datetime(2026, 1, 16, 20, 0, tzinfo=UTC).timestamp()  # Friday in UTC
+    assert deadline_after(received, 1, utc) == received + timedelta(days=3).total_seconds()
 
 
 def test_attachments_are_checked_against_the_version_specs() -> None:

@@ -111,7 +111,7 @@ def test_the_list_loads_with_twelve_items_each_with_an_active_version(
     shipped: ContractList,
 ) -> None:
     assert len(shipped.items) >= 12
-    on_disk = {p.stem for p in CONTRACTS.glob("*.json")} - {"code_tables"}
+    on_disk = {p.stem for p in CONTRACTS.glob("*.json")} - {"code_tables", "calendar"}
     assert on_disk == set(shipped.items), "one file per item, named after its item code"
     for code, item in shipped.items.items():
         assert ITEM_CODE.match(code), code
@@ -152,13 +152,15 @@ def test_routing_names_a_required_region_field_or_a_fixed_region(shipped: Contra
     for code, item in shipped.items.items():
         for version in item.versions:
             routing = version.routing
-            if routing.from_field is not None:
-                spec = version.fields.get(routing.from_field)
-                assert spec is not None, (
-                    f"{code}: routing field {routing.from_field} is not defined"
-                )
+            fields = [routing.from_field, *(leg.from_field for leg in routing.legs)]
+            for name in filter(None, fields):
+                spec = version.fields.get(name)
+                assert spec is not None, f"{code}: routing field {name} is not defined"
                 assert spec.type == "region_code" and spec.required, code
-            else:
+            if routing.legs:
+                assert len(routing.legs) >= 2 and version.mode == "multi_site", code
+                assert all(leg.title for leg in routing.legs), code
+            elif routing.from_field is None:
                 assert routing.handling_region is not None, code
                 assert region_problem(routing.handling_region) is None, code
 

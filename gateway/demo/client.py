@@ -69,6 +69,13 @@ class Demo:
             version = self.contracts.items[code].version(None)
             if version and version.routing.from_field:
                 payload[version.routing.from_field] = handler
+            if version and version.routing.legs:
+                # 多地联办: the first leg elsewhere, the last back in the origin's province.
+                others = [r for r in regions if r not in (handler, origin)]
+                turns = [handler, *others[: len(version.routing.legs) - 2], origin]
+                for leg, region in zip(version.routing.legs, turns, strict=False):
+                    if leg.from_field:
+                        payload[leg.from_field] = region
             body = {
                 "request_id": f"DEMO-{origin}-{stamp}-{i:03d}{SCENARIOS[i % len(SCENARIOS)]}",
                 "item_code": code,
@@ -112,17 +119,18 @@ class Demo:
                     )  # fmt: skip
 
     def show(self) -> None:
-        lines = [f"{'case':<14} {'item':<22} {'route':<15} {'status':<21} {'delivered':<12}"]
+        lines = [f"{'case':<14} {'item':<22} {'route':<22} {'status':<21} {'delivered':<12}"]
         for case_id, c in self.cases.items():
             item = self.contracts.items[c["item_code"]].name
-            route = f"{c['origin_region']}→{c['handling_region']}"
+            stops = [leg["region"] for leg in c.get("legs") or []] or [c["handling_region"]]
+            route = "→".join([c["origin_region"], *stops])
             delivered = " ".join(
                 f"{_who(d['recipient'])}:{d['acked_seq']}/{d['head_seq']}"
                 for d in c.get("deliveries", [])
             )
             status = c["status"] + (f" ({c['outcome']})" if c.get("outcome") else "")
             lines.append(
-                f"{case_id[-12:]:<14} {_pad(item, 22)} {route:<15} {status:<21} {delivered}"
+                f"{case_id[-12:]:<14} {_pad(item, 22)} {route:<22} {status:<21} {delivered}"
             )
         if sys.stdout.isatty():
             sys.stdout.write("\x1b[H\x1b[2J")

@@ -81,6 +81,7 @@ class SimulatorSettings:
     latency: float = 0.05
     failure_rate: float = 0.0
     deny_rate: float = 0.0
+    reject_rate: float = 0.0  # cases refused at intake (不予受理)
     duplicate_rate: float = 0.0
     report_batch_window: float = 0.05
     request_timeout: float = 10.0
@@ -310,7 +311,9 @@ class ProvinceSimulator(LoopbackServer):
     async def _process(self, case: _Case) -> None:
         """Walk one case through the platform's statuses, one step per ``latency``."""
         await self._step()
-        if case.simulate == "reject":
+        if case.simulate == "reject" or (
+            case.simulate is None and self._roll(self.settings.reject_rate)
+        ):
             await self._report(case, REJECTED, message="申请材料不符合受理条件，不予受理")
             case.finished = True
             return

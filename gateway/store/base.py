@@ -48,6 +48,8 @@ class CaseRecord:
     last_seq: int
     prior_status: Status | None = None  # the status before supplement_required
     paused_at: float | None = None  # when the time-limit clock stopped (补正), if it is stopped
+    legs: list[JSON] = field(default_factory=list)  # multi_site: every leg's state (gateway.legs)
+    leg: int = 0  # multi_site: the index of the leg under way
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class Transition:
     origin: str | None = None
     jobs: tuple[NewJob, ...] = ()
     cancel_pending_jobs: bool = False
+    leg: int | None = None  # multi_site: applies only while the case is on this leg
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,13 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
-from gateway import lifecycle
+from gateway import legs, transition
 from gateway.lifecycle import Status
 from gateway.store.base import (
     Ack,
@@ -56,6 +55,7 @@ from gateway.store.base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_TAKEN = frozenset({"dispatched", "accepted", "in_progress", "supplement_required"})
 
 MIGRATIONS: list[str] = [
     """
@@ -167,12 +167,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (item_code, version)
     );
     """,
+    """
+    ALTER TABLE cases ADD COLUMN legs TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE cases ADD COLUMN leg INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _CASE_COLUMNS = (
     "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
     "status, prior_status, outcome, result, partner_ref, body_hash, applicant, payload, "
-    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at"
+    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at, legs, leg"
 )
 _EVENT_COLUMNS = (
     "feed_id, event_id, case_id, seq, status, outcome, at, item_code, contract_version, "
@@ -209,6 +213,8 @@ def _case_from_row(row: Sequence[Any]) -> CaseRecord:
         deadline=row[19],
         last_seq=row[20],
         paused_at=row[21],
+        legs=orjson.loads(row[22]),
+        leg=row[23],
     )
 
 
@@ -219,7 +225,7 @@ def _case_row(c: CaseRecord) -> tuple[Any, ...]:
         c.prior_status.value if c.prior_status else None, c.outcome,
         _dumps(c.result) if c.result is not None else None, c.partner_ref, c.body_hash,
         _dumps(c.applicant), _dumps(c.payload), _dumps(c.attachments), _dumps(c.recipients),
-        c.created_at, c.updated_at, c.deadline, c.last_seq, c.paused_at,
+        c.created_at, c.updated_at, c.deadline, c.last_seq, c.paused_at, _dumps(c.legs), c.leg,
     )  # fmt: skip
 
 
@@ -227,7 +233,7 @@ def _case_update_row(c: CaseRecord) -> tuple[Any, ...]:
     return (
         c.status.value, c.prior_status.value if c.prior_status else None, c.outcome,
         _dumps(c.result) if c.result is not None else None, c.partner_ref, c.updated_at,
-        c.last_seq, c.deadline, c.paused_at, c.case_id,
+        c.last_seq, c.deadline, c.paused_at, c.handling_region, _dumps(c.legs), c.leg, c.case_id,
     )  # fmt: skip
 
 
@@ -494,58 +500,20 @@ class SqliteStore:
         case = b.cases.get(t.case_id)
         if case is None:
             return TransitionResult(False, "no such case")
-        if (t.handler and case.handling_region != t.handler) or (
-            t.origin and case.origin_region != t.origin
-        ):
-            return TransitionResult(False, "no such case")  # never confirm another's case
-        target = t.status
-        if target == "resume":
-            if case.status is not Status.SUPPLEMENT_REQUIRED:
-                return self._ignore(t, case, b, "case is not waiting for a supplement")
-            target = lifecycle.resume_status(case.prior_status or Status.DISPATCHED)
-        outcome = lifecycle.Outcome(t.outcome) if t.outcome else None
-        verdict = lifecycle.check(case.status, target, outcome, by_partner=t.handler is not None)
-        if not verdict.allowed:
-            return self._ignore(t, case, b, verdict.reason)
-        event = EventRecord(
-            event_id=t.event_id,
-            case_id=case.case_id,
-            seq=case.last_seq + 1,
-            status=target.value,
-            outcome=t.outcome,
-            at=t.at,
-            item_code=case.item_code,
-            contract_version=case.contract_version,
-            origin_region=case.origin_region,
-            handling_region=case.handling_region,
-            data=t.data,
-        )
-        deadline, paused_at = lifecycle.time_limit_clock(
-            case.status, case.deadline, case.paused_at, target, t.at
-        )
-        updated = replace(
-            case,
-            status=target,
-            deadline=deadline,
-            paused_at=paused_at,
-            prior_status=case.status if target is Status.SUPPLEMENT_REQUIRED else case.prior_status,
-            outcome=t.outcome if target is Status.COMPLETED else case.outcome,
-            result=t.result if t.result is not None else case.result,
-            partner_ref=t.partner_ref or case.partner_ref,
-            updated_at=now,
-            last_seq=event.seq,
-        )
-        b.cases[case.case_id] = updated
+        done = transition.apply(case, t, now)
+        if isinstance(done, transition.Refused):
+            if not done.record:
+                return TransitionResult(False, done.reason)
+            return self._ignore(t, case, b, done.reason)
+        b.cases[case.case_id] = done.case
         b.changed.add(case.case_id)
-        b.events.append(event)
-        b.heads[case.case_id] = event.seq
+        b.events.append(done.event)
+        b.heads[case.case_id] = done.event.seq
         if t.cancel_pending_jobs:
             b.cancel_jobs.append(case.case_id)
-        for job in t.jobs:
-            if job.only_if_partner_has_case and not lifecycle.partner_has_case(case.status):
-                continue
+        for job in done.jobs:
             b.jobs.append(self._job_row(case.case_id, job.kind, job.region, job.data, now))
-        return TransitionResult(True, "", updated, event)
+        return TransitionResult(True, "", done.case, done.event)
 
     @staticmethod
     def _ignore(t: Transition, case: CaseRecord, b: _Batch, reason: str) -> TransitionResult:
@@ -560,8 +528,9 @@ class SqliteStore:
             db,
             "UPDATE cases SET status = v.column1, prior_status = v.column2, outcome = v.column3, "
             "result = v.column4, partner_ref = v.column5, updated_at = v.column6, "
-            "last_seq = v.column7, deadline = v.column8, paused_at = v.column9 "
-            "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column10",
+            "last_seq = v.column7, deadline = v.column8, paused_at = v.column9, "
+            "handling_region = v.column10, legs = v.column11, leg = v.column12 "
+            "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column13",
             [_case_update_row(b.cases[i]) for i in b.changed],
         )
         _insert(
@@ -782,11 +751,13 @@ class SqliteStore:
     async def open_cases(self, region: str, limit: int) -> list[CaseRecord]:
         async with self._rdb.execute(
             f"SELECT {_CASE_COLUMNS} FROM cases WHERE handling_region = ? AND status IN "
-            "('dispatched', 'accepted', 'in_progress', 'supplement_required') "
+            f"({', '.join(repr(s) for s in sorted(_TAKEN))}) "
             "ORDER BY updated_at LIMIT ?",
             (region, limit),
         ) as cur:
-            return [_case_from_row(r) for r in await cur.fetchall()]
+            found = [_case_from_row(r) for r in await cur.fetchall()]
+        # A multi-site case handed to its next leg is in progress before that leg's partner has it.
+        return [c for c in found if legs.leg_status(c).value in _TAKEN]
 
     async def dead_jobs(self, limit: int) -> list[JobRecord]:
         async with self._rdb.execute(
