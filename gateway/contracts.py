@@ -161,6 +161,9 @@ class ContractVersion(BaseModel):
                 raise ValueError(f"routing.legs[{i}].from_field: no field {leg.from_field!r}")
         return self
 
+    def in_effect(self, day: date) -> bool:
+        return self.effective_from is None or self.effective_from <= day
+
     def admits(self, origin: str) -> bool:
         return "*" in self.origins or origin in self.origins or origin[:2] + "0000" in self.origins
 
@@ -173,10 +176,13 @@ class ServiceItem(BaseModel):
     department: str = ""
     versions: list[ContractVersion]
 
-    def version(self, number: int | None) -> ContractVersion | None:
-        """The given version, or the newest active one when ``number`` is None."""
+    def version(self, number: int | None, on: date | None = None) -> ContractVersion | None:
+        """The given version, or when ``number`` is None the newest active one in effect
+        ``on`` that day (every active one when no day is given)."""
         if number is None:
-            active = [v for v in self.versions if v.status == "active"]
+            active = [
+                v for v in self.versions if v.status == "active" and (on is None or v.in_effect(on))
+            ]
             return max(active, key=lambda v: v.version) if active else None
         return next((v for v in self.versions if v.version == number), None)
 

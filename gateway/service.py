@@ -168,13 +168,19 @@ class CaseService:
         item = self.contracts.items.get(item_code)
         if item is None:
             raise errors.NotFound(f"unknown service item {item_code}")
-        version = item.version(number)
+        today = self.contracts.calendar.local_date(self.clock.now())
+        version = item.version(number, today)
         if version is None:
-            which = f"version {number}" if number else "an active version"
+            which = f"version {number}" if number else "an active version in effect"
             raise errors.NotFound(f"service item {item_code} has no {which}")
         if version.status in ("draft", "retired"):
             raise errors.NotFound(
                 f"version {version.version} of {item_code} is {version.status}: not accepting cases"
+            )
+        if not version.in_effect(today):
+            raise errors.NotFound(
+                f"version {version.version} of {item_code} takes effect on "
+                f"{version.effective_from}: not accepting cases yet"
             )
         if not version.admits(origin):
             raise errors.Forbidden(f"region {origin} may not submit {item_code}")

@@ -87,6 +87,10 @@ class WorkCalendar(BaseModel):
         """The time zone whose days are counted."""
         return self._zone
 
+    def local_date(self, at: float) -> date:
+        """The day it is at epoch second ``at`` in the calendar's time zone."""
+        return datetime.fromtimestamp(at, self._zone).date()
+
     def years(self) -> list[int]:
         """The years the calendar names a date in, oldest first."""
         return sorted({d.year for d in (*self.holidays, *self.workdays)})
