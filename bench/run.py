@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,12 +90,15 @@ def case_body(request_id: str) -> dict[str, Any]:
     }
 
 
-def signed_cases(count: int, tag: str) -> list[tuple[dict[str, str], bytes]]:
-    """``count`` distinct submissions from the origin, each with its own request id and nonce."""
+def signed_cases(
+    count: int, tag: str, make_body: Callable[[str], dict[str, Any]] = case_body
+) -> list[tuple[dict[str, str], bytes]]:
+    """``count`` distinct submissions from the origin, each with its own request id and nonce;
+    ``make_body`` builds a submission for a request id (default: a medical filing)."""
     key_id, secret = KEYS[ORIGIN]
     out = []
     for i in range(count):
-        body = orjson.dumps(case_body(f"ZJ-BENCH-{tag}-{i:07d}"))
+        body = orjson.dumps(make_body(f"ZJ-BENCH-{tag}-{i:07d}"))
         out.append((sign_headers(key_id, secret, "POST", "/v1/cases", body), body))
     return out
 

@@ -3,17 +3,17 @@ compiles into.
 
 A contract list is a folder of JSON files, one per service item (事项), each holding every version
 of that item. A version is immutable once published: cases are pinned to the version they were
-accepted under. Compiling a version into a pydantic model happens once and is cached.
+accepted under. Compiling a version into a payload validator (:mod:`gateway.validation`) happens
+once and is cached.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
-from decimal import Decimal
+from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import (
@@ -21,12 +21,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
-    create_model,
     field_validator,
     model_validator,
 )
 
-from gateway.identifiers import CreditCode, IdNumber, RegionCode
+from gateway.identifier_exceptions import IdentifierExceptions
+from gateway.validation import PayloadValidator
+from gateway.validation import compile_fields as compile_fields  # re-exported for callers
 from gateway.workdays import WorkCalendar
 from gateway.workdays import deadline_after as deadline_after  # re-exported for callers
 
@@ -191,17 +192,25 @@ class ContractList(BaseModel):
     """Every service item with all its versions, plus the code tables they name and the working-day
     calendar their time limits are counted in."""
 
+    # An error never shows the input: the identifier exception list holds personal data.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     items: dict[str, ServiceItem]
     code_tables: dict[str, dict[str, str]] = Field(default_factory=dict)
     calendar: WorkCalendar = Field(default_factory=WorkCalendar)
+    identifier_exceptions: IdentifierExceptions = Field(
+        default_factory=IdentifierExceptions,
+        description="legacy identifiers accepted although their check character fails",
+    )
 
     @classmethod
     def load(cls, folder: Path) -> ContractList:
         """Read ``*.json`` item files and the optional ``code_tables.json`` and ``calendar.json``
-        from a folder."""
+        from a folder, and the optional ``identifier_exceptions.json``."""
         items: dict[str, ServiceItem] = {}
         tables: dict[str, dict[str, str]] = {}
         calendar = WorkCalendar()
+        exceptions = IdentifierExceptions()
         for path in sorted(folder.glob("*.json")):
             raw = orjson.loads(path.read_bytes())
             if path.name == "code_tables.json":
@@ -210,11 +219,16 @@ class ContractList(BaseModel):
             if path.name == "calendar.json":
                 calendar = WorkCalendar.model_validate(raw)
                 continue
+            if path.name == "identifier_exceptions.json":
+                exceptions = IdentifierExceptions.model_validate(raw)  # errors never echo values
+                continue
             item = ServiceItem.model_validate(raw)
             items[item.item_code] = item
-        return cls(items=items, code_tables=tables, calendar=calendar)
+        return cls(
+            items=items, code_tables=tables, calendar=calendar, identifier_exceptions=exceptions
+        )
 
-    _validators: dict[tuple[str, int], type[BaseModel]] = PrivateAttr(default_factory=dict)
+    _validators: dict[tuple[str, int], PayloadValidator] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _tables_exist(self) -> ContractList:
@@ -225,14 +239,16 @@ class ContractList(BaseModel):
                         raise ValueError(f"{path}: unknown code table {spec.code_table!r}")
         return self
 
-    def validator(self, item_code: str, version: ContractVersion) -> type[BaseModel]:
-        """The compiled payload model for one version, built on first use."""
+    def validator(self, item_code: str, version: ContractVersion) -> PayloadValidator:
+        """The compiled payload validator for one version, built on first use."""
         key = (item_code, version.version)
         cache = self._validators
         if key not in cache:
             safe = re.sub(r"\W", "_", item_code)
             name = f"Payload_{safe}_v{version.version}"
-            cache[key] = compile_fields(name, version.fields, self.code_tables)
+            cache[key] = compile_fields(
+                name, version.fields, self.code_tables, self.identifier_exceptions
+            )
         return cache[key]
 
 
@@ -247,55 +263,6 @@ def walk(fields: Mapping[str, FieldSpec], prefix: str) -> list[tuple[str, FieldS
         if spec.items:
             out += walk({"[]": spec.items}, path)
     return out
-
-
-class _Payload(BaseModel):
-    # Python's re, the engine that checked the patterns when the contract was read.
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, regex_engine="python-re")
-
-
-_SIMPLE: Mapping[str, Any] = {
-    "boolean": bool,
-    "date": date,
-    "datetime": datetime,
-    "region_code": RegionCode,
-    "id_card": IdNumber,
-    "credit_code": CreditCode,
-    "phone": Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$|^0\d{2,3}-?\d{7,8}$")],
-}
-
-
-def _annotation(name: str, spec: FieldSpec, tables: Mapping[str, Mapping[str, str]]) -> Any:
-    if spec.type in _SIMPLE:
-        return _SIMPLE[spec.type]
-    if spec.type == "string":
-        return Annotated[
-            str, Field(min_length=spec.min_length, max_length=spec.max_length, pattern=spec.pattern)
-        ]
-    if spec.type == "integer":
-        return Annotated[int, Field(ge=spec.minimum, le=spec.maximum)]
-    if spec.type == "decimal":
-        return Annotated[Decimal, Field(ge=spec.minimum, le=spec.maximum)]
-    if spec.type == "enum":
-        codes = spec.values or list(tables.get(spec.code_table or "", {}))
-        return Literal[tuple(codes)]
-    if spec.type == "object":
-        return compile_fields(name, spec.fields or {}, tables)
-    if spec.type == "list":
-        element = _annotation(name + "_item", spec.items or FieldSpec(type="string"), tables)
-        return Annotated[list[element], Field(max_length=spec.max_items)]  # type: ignore[valid-type]
-    raise ValueError(f"unknown field type {spec.type}")
-
-
-def compile_fields(
-    model_name: str, fields: Mapping[str, FieldSpec], tables: Mapping[str, Mapping[str, str]]
-) -> type[BaseModel]:
-    """Build a pydantic model that validates a payload against field specs."""
-    definitions: dict[str, Any] = {}
-    for fname, spec in fields.items():
-        annotation = _annotation(f"{model_name}_{fname}", spec, tables)
-        definitions[fname] = (annotation, ...) if spec.required else (annotation | None, None)
-    return create_model(model_name, __base__=_Payload, **definitions)
 
 
 def province_of(region: str) -> str:

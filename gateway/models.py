@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from gateway.identifiers import CreditCode, IdNumber, RegionCode
+from gateway.identifier_exceptions import CreditCodeOrListed, IdNumberOrListed
+from gateway.identifiers import RegionCode
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -18,21 +19,21 @@ class Strict(BaseModel):
 class NaturalPerson(Strict):
     kind: Literal["natural_person"] = "natural_person"
     id_type: Annotated[str, Field(pattern=r"^[0-9A-Z]{1,3}$", examples=["111"])] = "111"
-    id_number: IdNumber
+    id_number: IdNumberOrListed
     name: Annotated[str, Field(min_length=1, max_length=64)]
     phone: Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$|^0\d{2,3}-?\d{7,8}$")] | None = None
 
 
 class Representative(Strict):
     id_type: Annotated[str, Field(pattern=r"^[0-9A-Z]{1,3}$")] = "111"
-    id_number: IdNumber
+    id_number: IdNumberOrListed
     name: Annotated[str, Field(min_length=1, max_length=64)]
     phone: Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$")] | None = None
 
 
 class LegalPerson(Strict):
     kind: Literal["legal_person"]
-    credit_code: CreditCode
+    credit_code: CreditCodeOrListed
     name: Annotated[str, Field(min_length=1, max_length=200)]
     representative: Representative
 

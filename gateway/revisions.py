@@ -5,7 +5,8 @@ A published version may change only its ``status`` (``active`` → ``deprecated`
 Everything else — its fields, routing, rules, and the code tables its fields name — is fixed once
 published, since cases were accepted under it. The working-day calendar is not part of any
 version: it may change in any revision (next year's holidays are added when announced), and a case
-keeps the deadline worked out when it was received.
+keeps the deadline worked out when it was received. Nor is the identifier exception list: entries
+come and go in any revision, and a diff counts them without ever showing a listed value.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.contracts import ContractList, ContractVersion, walk
+from gateway.identifier_exceptions import KINDS, IdentifierExceptions
 from gateway.workdays import WorkCalendar
 
 VersionKey = tuple[str, int]
@@ -111,7 +113,26 @@ def diff(old: ContractList | None, new: ContractList) -> list[str]:
         if old_tables.get(name) != new.code_tables.get(name):
             sign = "+" if name not in old_tables else "-" if name not in new.code_tables else "~"
             lines.append(f"{sign} code table {name}")
-    return lines + _calendar_diff(old.calendar if old else WorkCalendar(), new.calendar)
+    lines += _calendar_diff(old.calendar if old else WorkCalendar(), new.calendar)
+    return lines + _exceptions_diff(
+        old.identifier_exceptions if old else None, new.identifier_exceptions
+    )
+
+
+def _exceptions_diff(old: IdentifierExceptions | None, new: IdentifierExceptions) -> list[str]:
+    """Counts only: a listed identifier is personal data and never appears in a diff."""
+    lines = []
+    for kind in KINDS:
+        before = {e.value: e.note for e in old.entries(kind)} if old else {}
+        after = {e.value: e.note for e in new.entries(kind)}
+        added = len(after.keys() - before.keys())
+        removed = len(before.keys() - after.keys())
+        renoted = sum(1 for v in after.keys() & before.keys() if after[v] != before[v])
+        for sign, n, what in (("+", added, "added"), ("-", removed, "removed"),
+                              ("~", renoted, "with a changed note")):  # fmt: skip
+            if n:
+                lines.append(f"{sign} {n} {kind} identifier exception(s) {what}")
+    return lines
 
 
 def _calendar_diff(old: WorkCalendar, new: WorkCalendar) -> list[str]:

@@ -17,7 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from adapters.sdk import Adapter, CanonicalCase, StatusUpdate
-from gateway import errors, legs, lifecycle
+from gateway import errors, identifier_exceptions, legs, lifecycle
 from gateway.clock import Clock, iso
 from gateway.config import Config
 from gateway.contracts import (
@@ -104,8 +104,9 @@ class CaseService:
     async def submit(self, origin: str, body: bytes) -> tuple[int, dict[str, Any]]:
         """Accept a case: 202 with the case, 200 for an identical repeat, or an ApiError."""
         raw = _parse_json(body)
-        try:
-            sub = CaseSubmission.model_validate(raw)
+        try:  # the applicant's identifiers may be on the list's exception list
+            listed = identifier_exceptions.context(self.contracts.identifier_exceptions)
+            sub = CaseSubmission.model_validate(raw, context=listed)
         except ValidationError as exc:
             raise errors.Unprocessable(
                 "the request body is invalid", errors=errors.field_errors(exc)
@@ -168,16 +169,17 @@ class CaseService:
         item = self.contracts.items.get(item_code)
         if item is None:
             raise errors.NotFound(f"unknown service item {item_code}")
-        today = self.contracts.calendar.local_date(self.clock.now())
+        dated = any(v.effective_from for v in item.versions)
+        today = self.contracts.calendar.local_date(self.clock.now()) if dated else None
         version = item.version(number, today)
         if version is None:
-            which = f"version {number}" if number else "an active version in effect"
-            raise errors.NotFound(f"service item {item_code} has no {which}")
+            which = f"no version {number}" if number else "no active version in effect"
+            raise errors.NotFound(f"service item {item_code} has {which}")
         if version.status in ("draft", "retired"):
             raise errors.NotFound(
                 f"version {version.version} of {item_code} is {version.status}: not accepting cases"
             )
-        if not version.in_effect(today):
+        if today is not None and not version.in_effect(today):
             raise errors.NotFound(
                 f"version {version.version} of {item_code} takes effect on "
                 f"{version.effective_from}: not accepting cases yet"
@@ -189,9 +191,9 @@ class CaseService:
     def _validate_payload(
         self, item_code: str, version: ContractVersion, payload: dict[str, Any]
     ) -> dict[str, Any]:
-        model: type[BaseModel] = self.contracts.validator(item_code, version)
+        validator = self.contracts.validator(item_code, version)
         try:
-            return model.model_validate(payload).model_dump(mode="json", exclude_none=True)
+            return validator.validate(payload)
         except ValidationError as exc:
             raise errors.Unprocessable(
                 "the payload breaks the contract", errors=errors.field_errors(exc, ["payload"])

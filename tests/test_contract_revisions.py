@@ -51,6 +51,8 @@ def with_v2_active(lst: dict[str, Any]) -> dict[str, Any]:
     lst = copy.deepcopy(lst)
     for v in lst["items"]["KSTB-YB-001"]["versions"]:
         v["status"] = "active" if v["version"] == 2 else "deprecated"
+        if v["version"] == 2:
+            v["effective_from"] = "2026-01-01"  # in effect now (the shipped draft says 2027)
     return lst
 
 

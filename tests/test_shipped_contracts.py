@@ -111,7 +111,9 @@ def test_the_list_loads_with_twelve_items_each_with_an_active_version(
     shipped: ContractList,
 ) -> None:
     assert len(shipped.items) >= 12
-    on_disk = {p.stem for p in CONTRACTS.glob("*.json")} - {"code_tables", "calendar"}
+    on_disk = {p.stem for p in CONTRACTS.glob("*.json")} - {
+        "code_tables", "calendar", "identifier_exceptions"
+    }  # fmt: skip
     assert on_disk == set(shipped.items), "one file per item, named after its item code"
     for code, item in shipped.items.items():
         assert ITEM_CODE.match(code), code
@@ -197,7 +199,7 @@ def test_the_sample_payload_validates(shipped: ContractList, item_code: str) -> 
         shipped.validator(item_code, version)  # every version compiles, drafts included
     model = shipped.validator(item_code, active(shipped, item_code))
     assert shipped.validator(item_code, active(shipped, item_code)) is model, "cached"
-    model.model_validate(SAMPLES[item_code])
+    model.validate(SAMPLES[item_code])
 
 
 def test_medical_filing_v2_is_a_draft_that_only_adds_optional_fields(
@@ -213,11 +215,11 @@ def test_medical_filing_v2_is_a_draft_that_only_adds_optional_fields(
     assert all(v2.fields[name] == spec for name, spec in v1.fields.items())
     assert not any(v2.fields[name].required for name in added)
     model = shipped.validator("KSTB-YB-001", v2)
-    model.model_validate(SAMPLES["KSTB-YB-001"])
-    model.model_validate(SAMPLES["KSTB-YB-001"] | {"referral_hospital_code": "H51010700012"})
+    model.validate(SAMPLES["KSTB-YB-001"])
+    model.validate(SAMPLES["KSTB-YB-001"] | {"referral_hospital_code": "H51010700012"})
     v1_model = shipped.validator("KSTB-YB-001", v1)
     with pytest.raises(ValidationError):
-        v1_model.model_validate(SAMPLES["KSTB-YB-001"] | {"referral_hospital_code": "H51010700012"})
+        v1_model.validate(SAMPLES["KSTB-YB-001"] | {"referral_hospital_code": "H51010700012"})
 
 
 def test_the_medical_filing_is_small_and_a_large_item_is_the_largest(
@@ -259,7 +261,7 @@ def test_a_broken_payload_is_refused_naming_the_field(
     model = shipped.validator(item_code, active(shipped, item_code))
     broken = mutate(SAMPLES[item_code], loc, value)
     with pytest.raises(ValidationError) as caught:
-        model.model_validate(broken)
+        model.validate(broken)
     errors = caught.value.errors()
     assert [tuple(e["loc"]) for e in errors] == [loc]
     if loc[-1] in {"id_number", "credit_code"}:
@@ -269,5 +271,5 @@ def test_a_broken_payload_is_refused_naming_the_field(
 def test_an_unknown_field_is_refused(shipped: ContractList) -> None:
     model = shipped.validator("KSTB-MZ-001", active(shipped, "KSTB-MZ-001"))
     with pytest.raises(ValidationError) as caught:
-        model.model_validate(SAMPLES["KSTB-MZ-001"] | {"spouse_passport_no": "E12345678"})
+        model.validate(SAMPLES["KSTB-MZ-001"] | {"spouse_passport_no": "E12345678"})
     assert [tuple(e["loc"]) for e in caught.value.errors()] == [("spouse_passport_no",)]
