@@ -8,11 +8,16 @@ the most, each with its example payload (``contracts/examples``), and measures t
 2. **HTTP accept**: wrk replaying distinct pre-signed ``POST /v1/cases`` (``bench/replay.lua``,
    each nonce once; the helpers of :mod:`bench.run`) against the gateway's HTTP server; only
    ``202`` answers count. This is the rate the product requirement speaks of.
+3. **HTTP accept, workers running**: the main benchmark's accept phase
+   (:func:`bench.run.accept_phase`): ``tongban serve`` as its own process with its simulators up,
+   so that every accepted case is also dispatched and its events delivered meanwhile, as in
+   service. The same requests as 2.
 
 Every run gets a fresh gateway, built in this process from the main benchmark's configuration
 (:func:`bench.run.write_config`: SQLite with ``synchronous=FULL`` in a temporary folder, rate limit
 lifted) and started as ``tongban serve`` starts it (uvloop, short GIL switch interval), with its
-workers (dispatcher, deliverer, poller) stopped, so that only the accept path is timed. Rounds
+workers (dispatcher, deliverer, poller) stopped, so that only the accept path is timed (except
+for measure 3, which runs the whole gateway). Rounds
 alternate between the two items and the best rate of each item is kept. The bar: the largest
 item's rate is at least 0.9 of the smallest item's.
 """
@@ -36,11 +41,12 @@ from typing import Any
 
 import orjson
 
-from bench.procs import ROOT, free_port
+from bench.procs import ROOT, Processes, free_port
 from bench.run import (
     HANDLER,
     ORIGIN,
     OUT,
+    accept_phase,
     machine,
     run_wrk,
     signed_cases,
@@ -134,12 +140,25 @@ async def http_rate(
     return f
 
 
+def working_rate(work: Path, wrk: str, args: argparse.Namespace, requests_file: Path) -> float:
+    """Accepted/s of a whole gateway process whose workers dispatch and deliver meanwhile."""
+    folder = Path(tempfile.mkdtemp(dir=work))  # a new database: the requests are replayed
+    procs = Processes(folder / "logs")
+    try:
+        figures = accept_phase(procs, folder, wrk, args, requests_file, partners_up=True)
+    finally:
+        procs.stop(*procs.procs)
+        shutil.rmtree(folder, ignore_errors=True)
+    return float(figures["accepted_per_second"])
+
+
 async def measure(args: argparse.Namespace, wrk: str, work: Path) -> dict[str, Any]:
     small, large = shipped_items()
     count = args.requests or 6000 * args.duration
     requests_file = work / "requests.tsv"
     service: dict[str, float] = {}
     http: dict[str, dict[str, Any]] = {}
+    working: dict[str, float] = {}
     for r in range(args.rounds):
         for item in (small, large):
             warm_up, bodies = (
@@ -159,13 +178,17 @@ async def measure(args: argparse.Namespace, wrk: str, work: Path) -> dict[str, A
             best = http.get(item.code)
             if best is None or figures["accepted_per_second"] > best["accepted_per_second"]:
                 http[item.code] = figures
+            busy = await asyncio.to_thread(working_rate, work, wrk, args, requests_file)
+            working[item.code] = max(working.get(item.code, 0.0), busy)
             print(
                 f"round {r + 1}: {item.code} service {rate:,.0f}/s, "
                 f"HTTP {figures['accepted_per_second']:,.0f} accepted/s "
-                f"(p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms)"
+                f"(p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms), "
+                f"workers running {busy:,.0f} accepted/s"
             )
     ratio_service = service[large.code] / service[small.code]
     ratio_http = http[large.code]["accepted_per_second"] / http[small.code]["accepted_per_second"]
+    ratio_working = working[large.code] / working[small.code]
     return {
         "items": {
             i.code: {"field_specs": i.specs, "example_bytes": i.example_bytes}
@@ -175,8 +198,10 @@ async def measure(args: argparse.Namespace, wrk: str, work: Path) -> dict[str, A
         "largest": large.code,
         "service_cases_per_second": service,
         "http": http,
+        "working_accepted_per_second": working,
         "ratio_service": ratio_service,
         "ratio_http": ratio_http,
+        "ratio_working": ratio_working,
         "bar": BAR,
         "settings": {
             "rounds": args.rounds, "cases": args.cases, "duration": args.duration,
@@ -191,21 +216,23 @@ def report(result: dict[str, Any]) -> str:
     lines = [
         "",
         "Validation cost (best of each; fresh gateway per run, workers stopped)",
-        f"  {'item':<12} {'specs':>5} {'example':>8}  {'service layer':>15}  {'HTTP accept':>13}",
+        f"  {'item':<12} {'specs':>5} {'example':>8}  {'service layer':>15}  {'HTTP accept':>13}"
+        f"  {'workers running':>15}",
     ]
     for code in (small, large):
         i = result["items"][code]
         service = result["service_cases_per_second"][code]
         http = result["http"][code]["accepted_per_second"]
+        busy = result["working_accepted_per_second"][code]
         lines.append(
             f"  {code:<12} {i['field_specs']:>5} {i['example_bytes']:>6} B  "
-            f"{service:>9,.0f} /s     {http:>7,.0f} /s"
+            f"{service:>9,.0f} /s     {http:>7,.0f} /s  {busy:>11,.0f} /s"
         )
-    rs, rh = result["ratio_service"], result["ratio_http"]
-    ok_s, ok_h = mark[rs >= BAR], mark[rh >= BAR]
+    rs, rh, rw = result["ratio_service"], result["ratio_http"], result["ratio_working"]
     lines += [
-        f"  {'largest / smallest':<29} {rs:>9.2f} {ok_s:<6}  {rh:>7.2f} {ok_h}",
-        f"  bar: >= {BAR} (the requirement speaks of the accept rate: the HTTP figure)",
+        f"  {'largest / smallest':<29} {rs:>9.2f} {mark[rs >= BAR]:<6}  {rh:>7.2f} "
+        f"{mark[rh >= BAR]:<6} {rw:>7.2f} {mark[rw >= BAR]}",
+        f"  bar: >= {BAR} (the requirement speaks of the accept rate: the HTTP figures)",
         "",
     ]
     return "\n".join(lines)
@@ -224,6 +251,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--requests", type=int, default=0,
         help="pre-signed requests per item (default: 6000 per second of --duration)",
     )  # fmt: skip
+    p.set_defaults(batch_callbacks=False)  # the main benchmark's accept phase reads it
     return p.parse_args(argv)
 
 
