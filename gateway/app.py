@@ -159,7 +159,10 @@ class Gateway:
         deps = HttpDeps(
             service=service, auth=auth, metrics=self.metrics, store=self.store,
             is_ready=self.is_ready, openapi=lambda: document,
-            contracts=ContractOps(self.store, self.registry, self.clock),
+            contracts=ContractOps(
+                self.store, self.registry, self.clock,
+                frozenset(s.name for s in self.config.subscribers),
+            ),
             partners=PartnerOps(self.config, self.store, self.dispatcher.partners, self.clock),
             adapter_kinds=self.adapter_kinds,
         )  # fmt: skip

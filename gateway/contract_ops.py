@@ -26,6 +26,7 @@ class ContractOps:
     store: Store
     registry: ContractRegistry
     clock: Clock
+    subscribers: frozenset[str] = frozenset()  # the [[subscribers]] this gateway has configured
 
     async def active(self) -> dict[str, Any]:
         lst = self.registry.current
@@ -115,7 +116,26 @@ class ContractOps:
             key: orjson.loads(raw) for key, raw in (await self.store.published_versions()).items()
         }
         problems += revisions.immutability_errors(published, candidate)
+        problems += _subscriber_errors(candidate, set(published), self.subscribers)
         return candidate, problems
+
+
+def _subscriber_errors(
+    lst: ContractList, published: set[tuple[str, int]], configured: frozenset[str]
+) -> list[dict[str, Any]]:
+    """A new version may only name subscribers this gateway can reach: otherwise its cases'
+    events for them would wait for ever. Versions already published are left as they are."""
+    out: list[dict[str, Any]] = []
+    for code, item in lst.items.items():
+        for v in item.versions:
+            if (code, v.version) in published or v.status == "draft":
+                continue
+            for i, name in enumerate(v.subscribers):
+                if name not in configured:
+                    out.append({"loc": ["items", code, "versions", v.version, "subscribers", i],
+                                "msg": f"no [[subscribers]] named {name!r} is configured",
+                                "type": "value_error"})  # fmt: skip
+    return out
 
 
 def _compile_errors(lst: ContractList) -> list[dict[str, Any]]:

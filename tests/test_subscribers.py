@@ -10,8 +10,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway.contracts import ContractList
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
-from tests.support import CONTRACTS, ORIGIN, World, medical_filing, wait_for, world
+from tests.support import (
+    CONTRACTS,
+    OPERATOR_TOKEN,
+    ORIGIN,
+    World,
+    medical_filing,
+    wait_for,
+    world,
+)
 
 SECRET = "supervision-secret-01"
 
@@ -90,3 +99,24 @@ async def test_a_subscriber_not_configured_keeps_its_events_waiting(tmp_path: Pa
             return sub["waiting"] > 0 and sub["last_error"] == "recipient is not configured"
 
         await wait_for(waiting, what="the unconfigured subscriber's events kept, with the reason")
+
+
+async def test_a_new_version_naming_an_unknown_subscriber_is_not_published(
+    tmp_path: Path,
+) -> None:
+    subs = [{"name": "zj-supervision"}]
+    async with supervised_world(tmp_path, [], subs) as (w, _):
+        lst = ContractList.load(CONTRACTS).model_dump(mode="json")
+        versions = lst["items"]["KSTB-YB-001"]["versions"]
+        new = {**versions[0], "version": 3, "subscribers": ["zj-supervision", "nobody"]}
+        versions.append(new)
+        admin = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        path = "/v1/ops/contracts/publish"
+        status, problem, _ = await w.origin.call("POST", path, lst, sign=False, headers=admin)
+        assert status == 422, problem
+        (error,) = problem["errors"]
+        assert error["loc"] == ["items", "KSTB-YB-001", "versions", 3, "subscribers", 1]
+        assert "nobody" in error["msg"]
+        new["subscribers"] = ["zj-supervision"]
+        status, published, _ = await w.origin.call("POST", path, lst, sign=False, headers=admin)
+        assert status == 201, published
