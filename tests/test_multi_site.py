@@ -13,7 +13,16 @@ from pydantic import ValidationError
 from adapters.sdk import StatusUpdate
 from gateway.contracts import ContractVersion
 from gateway.service import canonical
-from tests.support import CONTRACTS, HANDLER, ORIGIN, World, citizen_id, wait_for, world
+from tests.support import (
+    CONTRACTS,
+    HANDLER,
+    OPERATOR_TOKEN,
+    ORIGIN,
+    World,
+    citizen_id,
+    wait_for,
+    world,
+)
 
 # 基本养老保险关系转移接续: applied for where the person now works (the origin, 浙江), the
 # transfer-out province (四川) issues the certificate first, then the transfer-in province接续.
@@ -219,3 +228,57 @@ def leg_version(**routing: Any) -> dict[str, Any]:
 def test_a_contract_with_unworkable_legs_is_refused(raw: dict[str, Any], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         ContractVersion.model_validate(raw)
+
+
+async def test_a_case_withdrawn_before_its_second_leg_is_sent_reaches_nobody(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        w.sims[ORIGIN].set_down(True)  # the transfer-in province is down: leg 2 waits
+        status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-6"))
+        assert status == 202, case
+        case_id = case["case_id"]
+
+        async def handed_over() -> bool:
+            legs = (await w.origin.case(case_id))["legs"]
+            return [leg["status"] for leg in legs] == ["completed", "received"]
+
+        await wait_for(handed_over, what="leg 1 done, leg 2 waiting to be sent")
+        path = f"/v1/cases/{case_id}/withdraw"
+        status, withdrawn, _ = await w.origin.call("POST", path, {"reason": "申请人撤回"})
+        assert status == 200, withdrawn
+        assert withdrawn["status"] == "withdrawn"
+        assert [leg["status"] for leg in withdrawn["legs"]] == ["completed", "withdrawn"]
+        w.sims[ORIGIN].set_down(False)
+        final = await finished_and_delivered(w, case_id, "withdrawn")
+        assert_delivered_in_order(w, final)
+        # Neither province heard of the withdrawal: one finished its leg, one never had the case.
+        assert w.sims[ORIGIN].counters["submits"] == 0
+        dead = await w.gateway.store.dead_jobs(10)
+        assert not [j for j in dead if j.case_id == case_id]
+
+
+async def test_a_second_leg_dead_lettered_is_replayed_and_completes(tmp_path: Path) -> None:
+    async with world(tmp_path, retry={"base_seconds": 0.01, "cap_seconds": 0.02,
+                                      "max_attempts": 2}) as w:  # fmt: skip
+        w.sims[ORIGIN].settings.failure_rate = 1.0  # leg 2's submits fail until it recovers
+        status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-7"))
+        assert status == 202, case
+        case_id = case["case_id"]
+
+        async def failed() -> bool:
+            return (await w.origin.case(case_id))["status"] == "failed"
+
+        await wait_for(failed, what="leg 2 dead-lettered")
+        c = await w.origin.case(case_id)
+        assert [leg["status"] for leg in c["legs"]] == ["completed", "failed"]
+        w.sims[ORIGIN].settings.failure_rate = 0.0
+        admin = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        status, _, _ = await w.origin.call(
+            "POST", "/v1/ops/dead-letters/replay", {"case_ids": [case_id]}, sign=False,
+            headers=admin,
+        )  # fmt: skip
+        assert status == 200
+        final = await finished_and_delivered(w, case_id, "completed")
+        assert [leg["status"] for leg in final["legs"]] == ["completed", "completed"]
+        assert_delivered_in_order(w, final)
