@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +64,20 @@ def medical_filing(request_id: str, **overrides: Any) -> dict[str, Any]:
     }  # fmt: skip
     body.update(overrides)
     return body
+
+
+def pension_transfer(request_id: str, **payload: Any) -> dict[str, Any]:
+    """A valid 基本养老保险关系转移接续 (KSTB-RS-001, multi_site) submission from Zhejiang: the
+    transfer-out leg in Sichuan first, then the transfer-in leg back in Zhejiang."""
+    example = json.loads((CONTRACTS / "examples" / "KSTB-RS-001.json").read_text("utf-8"))
+    example.update({"transfer_out_region": "510104", "transfer_in_region": "330106", **payload})
+    return {
+        "request_id": request_id,
+        "item_code": "KSTB-RS-001",
+        "applicant": {"id_type": "111", "id_number": citizen_id(), "name": "李四",
+                      "phone": "13900000000"},
+        "payload": example,
+    }  # fmt: skip
 
 
 def gateway_config(

@@ -29,6 +29,7 @@ from tests.support import (
     Client,
     free_port,
     medical_filing,
+    pension_transfer,
     simulator,
     wait_for,
 )
@@ -181,3 +182,36 @@ async def test_kill_in_the_middle_of_delivery_delivers_everything_in_order(
                        what="every event delivered to the origin after the restart")  # fmt: skip
         assert sims[ORIGIN].out_of_order == 0 and hub.out_of_order == 0
         assert sims[ORIGIN].seq_conflicts == 0 and hub.seq_conflicts == 0
+
+
+async def test_kill_between_two_legs_of_multi_site_cases_loses_nothing(tmp_path: Path) -> None:
+    async with processes(tmp_path) as (gw, sims, hub, origin):
+        sims[ORIGIN].set_down(True)  # the second leg's province: the cases wait between legs
+        ids = []
+        for i in range(10):
+            status, case, _ = await origin.call("POST", "/v1/cases", pension_transfer(f"ZJ-K3-{i}"))
+            assert status == 202, case
+            ids.append(case["case_id"])
+
+        async def between_legs() -> bool:
+            cases = [await origin.case(c) for c in ids]
+            return all([leg["status"] for leg in c["legs"]] == ["completed", "received"]
+                       for c in cases)  # fmt: skip
+
+        await wait_for(between_legs, within=60, what="every case handed to its second leg")
+        gw.kill()
+        sims[ORIGIN].set_down(False)
+        await gw.start(origin.session)
+
+        async def all_delivered() -> bool:
+            cases = [await origin.case(c) for c in ids]
+            return all(
+                c["status"] == "completed"
+                and [e["event_id"] for e in sims[ORIGIN].events.get(c["case_id"], [])]
+                == [e["event_id"] for e in c["history"]]
+                for c in cases
+            )
+
+        await wait_for(all_delivered, within=60, what="both legs done, every event delivered")
+        assert sims[ORIGIN].out_of_order == 0 and hub.out_of_order == 0
+        assert sims[ORIGIN].counters["submits"] == len(ids)  # each second leg sent once

@@ -3,7 +3,6 @@ loopback HTTP; a leg's result feeds the next; a rejection anywhere ends the case
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +13,14 @@ from adapters.sdk import StatusUpdate
 from gateway.contracts import ContractVersion
 from gateway.service import canonical
 from tests.support import (
-    CONTRACTS,
     HANDLER,
     OPERATOR_TOKEN,
     ORIGIN,
     World,
-    citizen_id,
+    pension_transfer,
     wait_for,
     world,
 )
-
-# 基本养老保险关系转移接续: applied for where the person now works (the origin, 浙江), the
-# transfer-out province (四川) issues the certificate first, then the transfer-in province接续.
-ITEM = "KSTB-RS-001"
-
-
-def pension_transfer(request_id: str, **payload: Any) -> dict[str, Any]:
-    example = json.loads((CONTRACTS / "examples" / f"{ITEM}.json").read_text("utf-8"))
-    example.update({"transfer_out_region": "510104", "transfer_in_region": "330106", **payload})
-    return {
-        "request_id": request_id,
-        "item_code": ITEM,
-        "applicant": {"id_type": "111", "id_number": citizen_id(), "name": "李四",
-                      "phone": "13900000000"},
-        "payload": example,
-    }  # fmt: skip
 
 
 async def finished_and_delivered(w: World, case_id: str, status: str) -> dict[str, Any]:
