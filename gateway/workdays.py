@@ -82,6 +82,16 @@ class WorkCalendar(BaseModel):
             return True
         return day.weekday() < 5 and day not in self._off
 
+    def working_day_after(self, day: date, n: int) -> date:
+        """The ``n``-th working day after ``day`` (``day`` itself not counted)."""
+        on, off = self._on, self._off  # read once: private attributes are slow to reach
+        left = n
+        while left > 0:
+            day += timedelta(days=1)
+            if day in on or (day.weekday() < 5 and day not in off):
+                left -= 1
+        return day
+
     @property
     def zone(self) -> ZoneInfo:
         """The time zone whose days are counted."""
@@ -104,13 +114,10 @@ def deadline_after(start: float, working_days: int, calendar: WorkCalendar) -> f
     """
     if working_days <= 0:
         return start
-    received = datetime.fromtimestamp(start, calendar.zone)
-    day, left = received.date(), working_days
-    while left:
-        day += timedelta(days=1)
-        if calendar.is_working_day(day):
-            left -= 1
-    end = datetime.combine(day, received.time(), calendar.zone)
+    zone = calendar.zone
+    received = datetime.fromtimestamp(start, zone)
+    day = calendar.working_day_after(received.date(), working_days)
+    end = datetime.combine(day, received.time(), zone)
     # Whole days plus any change of UTC offset, added to ``start`` so no precision is lost.
     shift = (end.utcoffset() or timedelta()) - (received.utcoffset() or timedelta())
     return start + (day - received.date()).days * 86400 - shift.total_seconds()
