@@ -16,7 +16,7 @@ The values are personal data: no error message, log line or diff repeats one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,8 +31,10 @@ from pydantic import (
 )
 
 from gateway.identifiers import (
+    CITIZEN_ID_DOCUMENTS,
     credit_check_char,
     credit_code_problem,
+    document_problem,
     id_check_char,
     id_number_problem,
 )
@@ -52,8 +54,10 @@ _CHECK_CHARACTERS: Mapping[Kind, str] = {
     "id_card": "0123456789X",
     "credit_code": "0123456789ABCDEFGHJKLMNPQRTUWXY",
 }
-# The key of the exception list in a pydantic validation context (see ``context``).
+# The keys of a pydantic validation context (see ``context``): the exception list, and the
+# identity document types (证件类型) the contract list's ``id_type`` code table admits.
 CONTEXT_KEY = "identifier_exceptions"
+ID_TYPES_KEY = "id_types"
 
 
 def why_not_listable(kind: Kind, value: str) -> str | None:
@@ -136,9 +140,42 @@ class IdentifierExceptions(BaseModel):
 NO_EXCEPTIONS = IdentifierExceptions()
 
 
-def context(exceptions: IdentifierExceptions) -> dict[str, Any]:
-    """A pydantic validation context that lets the applicant's identifiers use the list."""
-    return {CONTEXT_KEY: exceptions}
+def context(
+    exceptions: IdentifierExceptions, id_types: Collection[str] | None = None
+) -> dict[str, Any]:
+    """A pydantic validation context that lets the applicant's identifiers use the list, and
+    (when given) holds the applicant to the document types of the list's code table."""
+    return {CONTEXT_KEY: exceptions, ID_TYPES_KEY: id_types}
+
+
+def _listed(ctx: Any) -> IdentifierExceptions | None:
+    listed = ctx.get(CONTEXT_KEY) if isinstance(ctx, dict) else None
+    return listed if isinstance(listed, IdentifierExceptions) else None
+
+
+def check_id_type(value: str, info: ValidationInfo) -> str:
+    """An applicant's document type: one of the code table's, where the context has one."""
+    admitted = info.context.get(ID_TYPES_KEY) if isinstance(info.context, dict) else None
+    if admitted is not None and value not in admitted:
+        raise ValueError("not a document type of the id_type code table")
+    return value
+
+
+def check_document(value: str, info: ValidationInfo) -> str:
+    """An applicant's document number, by the document type validated before it: a citizen ID
+    number (GB 11643, or on the exception list) where the document carries one, the document's
+    own shape otherwise. A number whose type was refused is not checked again."""
+    upper = value.upper()
+    id_type = info.data.get("id_type")
+    if not isinstance(id_type, str):
+        return upper
+    problem = document_problem(id_type, upper)
+    if problem is not None:
+        listed = _listed(info.context)
+        citizen = id_type in CITIZEN_ID_DOCUMENTS
+        if not (citizen and listed is not None and listed.admits("id_card", upper)):
+            raise ValueError(problem)
+    return upper
 
 
 def checker(kind: Kind, exceptions: IdentifierExceptions) -> Callable[[str], str]:
@@ -163,16 +200,15 @@ def _with_context(kind: Kind) -> AfterValidator:
         upper = value.upper()
         problem = problem_of(upper)
         if problem is not None:
-            ctx = info.context
-            listed = ctx.get(CONTEXT_KEY) if isinstance(ctx, dict) else None
-            if not (isinstance(listed, IdentifierExceptions) and listed.admits(kind, upper)):
+            listed = _listed(info.context)
+            if not (listed is not None and listed.admits(kind, upper)):
                 raise ValueError(problem)
         return upper
 
     return AfterValidator(check)
 
 
-# The applicant's identifiers: as ``gateway.identifiers.IdNumber`` / ``CreditCode``, plus the
-# values listed in the exception list that the validation context carries (see ``context``).
-IdNumberOrListed = Annotated[str, _with_context("id_card")]
+# A legal person's credit code: as ``gateway.identifiers.CreditCode``, plus the values listed in
+# the exception list that the validation context carries (see ``context``). A natural person's
+# document number is checked by ``check_document``.
 CreditCodeOrListed = Annotated[str, _with_context("credit_code")]

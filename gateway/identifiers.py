@@ -103,6 +103,45 @@ def id_number_problem(value: str) -> str | None:
     return None
 
 
+# Identity documents (证件类型, the id_type code table) whose number is the holder's citizen ID
+# number: 居民身份证, 临时居民身份证, 户口簿.
+CITIZEN_ID_DOCUMENTS = frozenset({"111", "112", "113"})
+# Other documents by their own shape (numbers upper-cased first).
+_DOCUMENT_SHAPES: dict[str, tuple[re.Pattern[str], str]] = {
+    # 港澳居民来往内地通行证 (回乡证): H (Hong Kong) or M (Macao), then 8 or 10 digits.
+    "516": (re.compile(r"[HM]\d{8}(\d{2})?"), "must be H or M followed by 8 or 10 digits"),
+    # 台湾居民来往大陆通行证 (台胞证): 8 digits (10 on older cards).
+    "511": (re.compile(r"\d{8}(\d{2})?"), "must be 8 or 10 digits"),
+    # 往来港澳通行证: a letter, then 8 letters and digits.
+    "513": (re.compile(r"[A-Z][0-9A-Z]{8}"), "must be a letter followed by 8 letters or digits"),
+}
+_PERMANENT_RESIDENCE_OLD = re.compile(r"[A-Z]{3}\d{12}")
+_ANY_DOCUMENT = re.compile(r"[0-9A-Z][0-9A-Z()<-]{2,31}")
+
+
+def document_problem(id_type: str, number: str) -> str | None:
+    """Why ``number`` (upper case) is not a valid number of a document of ``id_type``, or None.
+
+    Citizen ID documents follow GB 11643; 外国人永久居留身份证 (553) is either the former 15
+    characters (three letters, twelve digits) or the 2023 eighteen digits starting with 9 under
+    the GB 11643 check character; the passes of Hong Kong, Macao and Taiwan residents have their
+    own shapes; passports and other documents are 3 to 32 letters, digits and ``()<-``.
+    """
+    if id_type in CITIZEN_ID_DOCUMENTS:
+        return id_number_problem(number)
+    if id_type == "553":
+        if _PERMANENT_RESIDENCE_OLD.fullmatch(number):
+            return None
+        if _ID_SHAPE.fullmatch(number) and number[0] == "9":
+            ok = id_check_char(number[:17]) == number[17]
+            return None if ok else "check character does not match"
+        return "must be 3 letters and 12 digits, or 18 digits starting with 9"
+    pattern, why = _DOCUMENT_SHAPES.get(id_type, (_ANY_DOCUMENT, ""))
+    if pattern.fullmatch(number):
+        return None
+    return why or "must be 3 to 32 letters, digits or ()<-"
+
+
 def credit_check_char(first17: str) -> str:
     if len(first17) != 17:
         raise ValueError("the check character covers exactly seventeen characters")

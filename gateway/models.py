@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from gateway.identifier_exceptions import CreditCodeOrListed, IdNumberOrListed
+from gateway.identifier_exceptions import CreditCodeOrListed, check_document, check_id_type
 from gateway.identifiers import RegionCode
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -16,17 +16,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# 证件类型 (the id_type code table: 111 居民身份证, 414 普通护照, 516 港澳居民来往内地通行证 …) and
+# the document's number, checked by that type (see gateway.identifiers.document_problem).
+IdType = Annotated[
+    str,
+    Field(pattern=r"^[0-9A-Z]{1,3}$", examples=["111"]),
+    AfterValidator(check_id_type),
+]
+DocumentNumber = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(check_document)]
+
+
 class NaturalPerson(Strict):
     kind: Literal["natural_person"] = "natural_person"
-    id_type: Annotated[str, Field(pattern=r"^[0-9A-Z]{1,3}$", examples=["111"])] = "111"
-    id_number: IdNumberOrListed
+    id_type: IdType = "111"
+    id_number: DocumentNumber
     name: Annotated[str, Field(min_length=1, max_length=64)]
     phone: Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$|^0\d{2,3}-?\d{7,8}$")] | None = None
 
 
 class Representative(Strict):
-    id_type: Annotated[str, Field(pattern=r"^[0-9A-Z]{1,3}$")] = "111"
-    id_number: IdNumberOrListed
+    id_type: IdType = "111"
+    id_number: DocumentNumber
     name: Annotated[str, Field(min_length=1, max_length=64)]
     phone: Annotated[str, Field(pattern=r"^(\+?86)?1[3-9]\d{9}$")] | None = None
 
