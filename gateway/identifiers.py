@@ -183,6 +183,14 @@ def _validated(problem_of: object) -> AfterValidator:
     return AfterValidator(check)
 
 
+def six_digit_region(value: str) -> str:
+    """A region code as GB/T 2260 writes it: platforms that pad codes to the twelve digits of the
+    statistical division code (``511602000000``) mean the six-digit one."""
+    if len(value) == 12 and value.endswith("000000") and value.isdigit():
+        return value[:6]
+    return value
+
+
 IdNumber = Annotated[str, _validated(id_number_problem)]
 CreditCode = Annotated[str, _validated(credit_code_problem)]
-RegionCode = Annotated[str, _validated(region_problem)]
+RegionCode = Annotated[str, AfterValidator(six_digit_region), _validated(region_problem)]

@@ -59,3 +59,16 @@ async def test_a_case_signed_with_hmac_sm3_is_accepted(tmp_path: Path) -> None:
             "GET", f"/v1/cases/{case['case_id']}", scheme="hmac-sm3"
         )
         assert status == 200 and same["case_id"] == case["case_id"]
+
+
+async def test_a_region_code_padded_to_twelve_digits_routes_and_is_stored_as_six(
+    tmp_path: Path,
+) -> None:
+    async with world(tmp_path) as w:
+        body = medical_filing("ZJ-PAD-1")
+        body["payload"]["insured_region"] = "510100000000"  # as some platforms send it
+        status, case, _ = await w.origin.call("POST", "/v1/cases", body)
+        assert status == 202, case
+        assert case["handling_region"] == HANDLER
+        detail = await w.gateway.store.get_case(case["case_id"])
+        assert detail is not None and detail.case.payload["insured_region"] == "510100"

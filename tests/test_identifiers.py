@@ -259,7 +259,7 @@ def test_region_codes_accepted(code):
     [
         "990000",
         "000000",
-        "330000" + "000000",
+        "330106" + "001000",  # twelve digits below county level (a street)
         "33000",
         "3300000",
         "33000A",
@@ -353,3 +353,16 @@ def test_region_table_is_loaded_once_and_read_only():
     assert regions() is regions()
     with pytest.raises(TypeError):
         regions().current["999999"] = "x"
+
+
+@pytest.mark.parametrize(("given", "stored"), [("511602000000", "511602"), ("330106", "330106")])
+def test_a_region_code_padded_to_twelve_digits_means_the_six_digit_one(
+    given: str, stored: str
+) -> None:
+    assert REGION_ADAPTER.validate_python(given) == stored
+
+
+@pytest.mark.parametrize("given", ["511602001000", "5116020000", "511699000000"])
+def test_a_twelve_digit_code_below_county_level_or_unknown_is_refused(given: str) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        REGION_ADAPTER.validate_python(given)
