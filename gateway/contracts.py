@@ -148,9 +148,11 @@ class ContractVersion(BaseModel):
 
     @model_validator(mode="after")
     def _legs_fit_mode(self) -> ContractVersion:
+        # A multi_site version without legs runs as one exchange, as versions published before
+        # legs existed do; with legs, it has at least two.
         legs = self.routing.legs
-        if self.mode == "multi_site" and len(legs) < 2:
-            raise ValueError("a multi_site version needs routing.legs with at least two legs")
+        if legs and len(legs) < 2:
+            raise ValueError("routing.legs needs at least two legs")
         if self.mode != "multi_site" and legs:
             raise ValueError("routing.legs is only for the multi_site mode")
         if legs and (self.routing.handling_region or self.routing.from_field):

@@ -105,8 +105,10 @@ class CaseService:
         """Accept a case: 202 with the case, 200 for an identical repeat, or an ApiError."""
         raw = _parse_json(body)
         try:  # the applicant's identifiers may be on the list's exception list
+            tables = self.contracts.code_tables  # the applicant's 证件类型 table
             listed = identifier_exceptions.context(
-                self.contracts.identifier_exceptions, self.contracts.code_tables.get("id_type")
+                self.contracts.identifier_exceptions,
+                tables.get("document_type") or tables.get("id_type"),
             )
             sub = CaseSubmission.model_validate(raw, context=listed)
         except ValidationError as exc:

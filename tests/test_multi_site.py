@@ -195,7 +195,6 @@ def leg_version(**routing: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("raw", "words"),
     [
-        (leg_version(from_field="out"), "at least two legs"),
         (leg_version(legs=[{"from_field": "out"}]), "at least two legs"),
         ({**leg_version(legs=[{"from_field": "out"}, {"from_field": "into"}]), "mode": "online"},
          "only for the multi_site mode"),
@@ -210,6 +209,12 @@ def leg_version(**routing: Any) -> dict[str, Any]:
 def test_a_contract_with_unworkable_legs_is_refused(raw: dict[str, Any], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         ContractVersion.model_validate(raw)
+
+
+def test_a_multi_site_version_without_legs_still_loads() -> None:
+    """Versions published before legs existed stay readable (they run as one exchange)."""
+    version = ContractVersion.model_validate(leg_version(from_field="out"))
+    assert version.mode == "multi_site" and version.routing.legs == []
 
 
 async def test_a_case_withdrawn_before_its_second_leg_is_sent_is_live_nowhere(
