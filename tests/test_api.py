@@ -485,6 +485,8 @@ async def test_health_metrics_openapi_and_unknown_routes(tmp_path: Path) -> None
             line for line in text.splitlines() if line.startswith("tongban_cases_submitted_total{")
         ]
         assert submitted and float(submitted[0].rsplit(" ", 1)[1]) >= 1
+        # The shipped calendar's last holiday notice, for an alert before the next year starts.
+        assert 'tongban_store{what="calendar_last_year"} 2026.0' in text
         applicant = medical_filing("x")["applicant"]
         for secret in (applicant["id_number"], applicant["name"], applicant["phone"]):
             assert secret not in text

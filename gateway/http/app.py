@@ -201,7 +201,9 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
         return json({"ready": ready}, 200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        stats = await d.store.stats(time.time()) if d.store.ready else {}
+        stats = dict(await d.store.stats(time.time())) if d.store.ready else {}
+        years = d.service.contracts.calendar.years()
+        stats["calendar_last_year"] = float(years[-1]) if years else 0.0
         return web.Response(
             body=d.metrics.render(stats), content_type="text/plain", charset="utf-8"
         )
