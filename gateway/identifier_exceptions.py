@@ -70,7 +70,7 @@ def why_not_listable(kind: Kind, value: str) -> str | None:
         return problem
     try:
         repaired = value[:17] + _CHECK_CHAR[kind](value[:17])
-    except (KeyError, UnicodeEncodeError):  # a character outside the standard's alphabet
+    except (KeyError, ValueError):  # a character outside the standard's alphabet
         return problem
     return PROBLEM[kind](repaired)
 
