@@ -37,7 +37,7 @@ def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
         return NOT_FOUND  # never confirm another's case
     if t.handler and case.handling_region != t.handler:
         if t.handler in legs.regions(case):
-            return Refused(f"the leg {t.handler} handled is over")
+            return Refused(f"{t.handler} does not handle the leg under way")
         return NOT_FOUND
     moved = _move(case, t)
     if isinstance(moved, str):
