@@ -58,6 +58,7 @@ import pytest
 from aiohttp import web
 
 from adapters.sdk import (
+    PARTNER_STATUSES,
     Accepted,
     Adapter,
     AdapterContext,
@@ -195,11 +196,6 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
     "ok", "busy_in_body", "refuse", "http_429", "http_500", "garbage", "timeout", "down"
 )  # fmt: skip
 """Every behaviour, in the order the sweeping rules use (``down`` last: it need not come back)."""
-
-PARTNER_STATUSES = (
-    "dispatched", "accepted", "in_progress", "supplement_required", "rejected", "completed"
-)  # fmt: skip
-"""The lifecycle statuses a partner may report (never ``withdrawn`` or ``failed``)."""
 
 
 class PartnerDouble(Protocol):

@@ -96,6 +96,7 @@ from pydantic import (
 )
 
 from adapters.sdk import (
+    PARTNER_STATUSES,
     Accepted,
     AdapterContext,
     AdapterSettings,
@@ -118,10 +119,6 @@ DEFAULT_STATUS_CODES = {
     "8": "in_progress",
     "11": "completed",
 }
-# What a handling partner may report (withdrawn belongs to the origin, failed to the gateway).
-PARTNER_STATUSES = frozenset(
-    {"dispatched", "accepted", "in_progress", "supplement_required", "completed", "rejected"}
-)
 IGNORED_PREFIXES = (".", "~")
 IGNORED_SUFFIXES = (".part", ".tmp", ".temp", ".filepart")
 NAME_FIELDS = frozenset(

@@ -93,6 +93,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from adapters.sdk import (
+    PARTNER_STATUSES,
     Accepted,
     AdapterContext,
     AdapterSettings,
@@ -117,9 +118,6 @@ DEFAULT_STATUS_CODES = {
     "12": "in_progress",  # 挂起: no canonical status; ignored once the case is in progress
 }
 # What a handling partner may report (withdrawn and failed belong to the origin and the gateway).
-PARTNER_STATUSES = frozenset(
-    {"dispatched", "accepted", "in_progress", "supplement_required", "completed", "rejected"}
-)
 TIME_FORMATS = {"yyyyMMddHHmmss": "%Y%m%d%H%M%S", "yyyy-MM-dd HH:mm:ss": "%Y-%m-%d %H:%M:%S"}
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]{0,62}"

@@ -20,6 +20,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from gateway.clock import Clock
+from gateway.lifecycle import PARTNER_REPORTS, Status
 
 ENTRY_POINT_GROUP = "tongban.adapters"
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class StatusUpdate:
     outcome: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict)
     partner_event_id: str | None = None
+
+
+# The lifecycle statuses a handling partner may report, in lifecycle order (never ``withdrawn``,
+# the origin's act, nor ``failed``, the gateway's): what a ``StatusUpdate.status`` may say.
+PARTNER_STATUSES: tuple[str, ...] = tuple(s.value for s in Status if s in PARTNER_REPORTS)
 
 
 # ---- outcomes ---------------------------------------------------------------------------------

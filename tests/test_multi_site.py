@@ -275,3 +275,29 @@ async def test_a_second_leg_dead_lettered_is_replayed_and_completes(tmp_path: Pa
         final = await finished_and_delivered(w, case_id, "completed")
         assert [leg["status"] for leg in final["legs"]] == ["completed", "completed"]
         assert_delivered_in_order(w, final)
+
+
+async def test_a_poll_asks_a_province_only_about_the_legs_it_holds(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        w.sims[ORIGIN].set_down(True)  # leg 2 cannot be sent: the case waits between legs
+        status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-8"))
+        assert status == 202, case
+        case_id = case["case_id"]
+
+        async def handed_over() -> bool:
+            legs = (await w.origin.case(case_id))["legs"]
+            return [leg["status"] for leg in legs] == ["completed", "received"]
+
+        await wait_for(handed_over, what="leg 1 done, leg 2 waiting to be sent")
+        for region in (HANDLER, ORIGIN):
+            held = await w.gateway.store.open_cases(region, 10)
+            assert case_id not in [c.case_id for c in held], region
+        w.sims[ORIGIN].set_down(False)
+
+        async def leg_two_taken() -> bool:
+            held = await w.gateway.store.open_cases(ORIGIN, 10)
+            return case_id in [c.case_id for c in held] or (
+                (await w.origin.case(case_id))["status"] == "completed"
+            )
+
+        await wait_for(leg_two_taken, what="leg 2 held by the transfer-in province")

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -92,6 +92,31 @@ class LoopbackServer:
 
     _runner: web.AppRunner | None = None
     _url: str | None = None
+    _session: aiohttp.ClientSession | None = None
+    _tasks: BackgroundTasks
+
+    def _with_loop(
+        self,
+        loop_fn: Callable[[], Awaitable[None]],
+        *,
+        name: str,
+        what: str,
+        on_crash: Callable[[], None],
+    ) -> Callable[[web.Application], AsyncIterator[None]]:
+        """An app cleanup context: a client session and ``loop_fn`` (supervised) start with the
+        app; on teardown every background task is cancelled and awaited, then the session closed."""
+
+        async def context(_app: web.Application) -> AsyncIterator[None]:
+            self._session = aiohttp.ClientSession()
+            self._tasks.spawn(self._tasks.supervised(loop_fn, on_crash=on_crash, what=what), name)
+            try:
+                yield
+            finally:
+                await self._tasks.cancel_all()
+                await self._session.close()
+                self._session = None
+
+        return context
 
     def app(self) -> web.Application:
         """The aiohttp application to serve; its cleanup context owns the background work."""

@@ -21,7 +21,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -193,29 +193,18 @@ class ProvinceSimulator(LoopbackServer):
         app.router.add_get("/events/state", self._events_state)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._set_control)
-        app.cleanup_ctx.append(self._background)
+        app.cleanup_ctx.append(
+            self._with_loop(
+                self._report_loop,
+                name="reports",
+                on_crash=self._count_restart,
+                what=f"simulator {self.settings.region}: report loop",
+            )
+        )
         return app
 
     def _listening(self) -> None:
         log.info("province simulator %s listening on %s", self.settings.region, self._url)
-
-    async def _background(self, _app: web.Application) -> AsyncIterator[None]:
-        """Start the session and the report sender with the app; tear all down with it."""
-        self._session = aiohttp.ClientSession()
-        self._tasks.spawn(
-            self._tasks.supervised(
-                self._report_loop,
-                on_crash=self._count_restart,
-                what=f"simulator {self.settings.region}: report loop",
-            ),
-            "reports",
-        )
-        try:
-            yield
-        finally:
-            await self._tasks.cancel_all()
-            await self._session.close()
-            self._session = None
 
     def _count_restart(self) -> None:
         self.counters["report_loop_restarts"] += 1

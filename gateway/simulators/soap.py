@@ -38,7 +38,7 @@ import math
 import random
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -259,7 +259,14 @@ class SoapProvinceSimulator(LoopbackServer):
         app.router.add_post(SERVICE_PATH, self._service)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._set_control)
-        app.cleanup_ctx.append(self._background)
+        app.cleanup_ctx.append(
+            self._with_loop(
+                self._report_loop,
+                name="reports",
+                on_crash=self._count_restart,
+                what=f"simulator {self.settings.region}: report loop",
+            )
+        )
         return app
 
     def _listening(self) -> None:
@@ -269,23 +276,6 @@ class SoapProvinceSimulator(LoopbackServer):
     def endpoint(self) -> str:
         """The service's address, as the adapter's ``endpoint``."""
         return self.url + SERVICE_PATH
-
-    async def _background(self, _app: web.Application) -> AsyncIterator[None]:
-        self._session = aiohttp.ClientSession()
-        self._tasks.spawn(
-            self._tasks.supervised(
-                self._report_loop,
-                on_crash=self._count_restart,
-                what=f"simulator {self.settings.region}: report loop",
-            ),
-            "reports",
-        )
-        try:
-            yield
-        finally:
-            await self._tasks.cancel_all()
-            await self._session.close()
-            self._session = None
 
     def _count_restart(self) -> None:
         self.counters["report_loop_restarts"] += 1

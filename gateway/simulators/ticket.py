@@ -27,7 +27,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -164,28 +164,18 @@ class TicketProvinceSimulator(LoopbackServer):
         app.router.add_post("/tickets/{ticket}/withdraw", self._withdraw)
         app.router.add_get("/_control", self._get_control)
         app.router.add_post("/_control", self._set_control)
-        app.cleanup_ctx.append(self._background)
+        app.cleanup_ctx.append(
+            self._with_loop(
+                self._notice_loop,
+                name="notices",
+                on_crash=self._count_restart,
+                what=f"ticket simulator {self.settings.region}: loop",
+            )
+        )
         return app
 
     def _listening(self) -> None:
         log.info("ticket simulator %s listening on %s", self.settings.region, self._url)
-
-    async def _background(self, _app: web.Application) -> AsyncIterator[None]:
-        self._session = aiohttp.ClientSession()
-        self._tasks.spawn(
-            self._tasks.supervised(
-                self._notice_loop,
-                on_crash=self._count_restart,
-                what=f"ticket simulator {self.settings.region}: loop",
-            ),
-            "notices",
-        )
-        try:
-            yield
-        finally:
-            await self._tasks.cancel_all()
-            await self._session.close()
-            self._session = None
 
     def _count_restart(self) -> None:
         self.counters["loop_restarts"] += 1

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
-from gateway import legs, transition
+from gateway import transition
 from gateway.lifecycle import Status
 from gateway.store.base import (
     Ack,
@@ -55,7 +55,7 @@ from gateway.store.base import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_TAKEN = frozenset({"dispatched", "accepted", "in_progress", "supplement_required"})
+_TAKEN_SQL = "'dispatched', 'accepted', 'in_progress', 'supplement_required'"
 
 MIGRATIONS: list[str] = [
     """
@@ -749,15 +749,17 @@ class SqliteStore:
         return found
 
     async def open_cases(self, region: str, limit: int) -> list[CaseRecord]:
+        # The partner holds the case: by the case's status, or for a multi-site case by the
+        # status of the leg under way (handed to its next leg, the case is in progress before
+        # that leg's partner has it).
         async with self._rdb.execute(
-            f"SELECT {_CASE_COLUMNS} FROM cases WHERE handling_region = ? AND status IN "
-            f"({', '.join(repr(s) for s in sorted(_TAKEN))}) "
+            f"SELECT {_CASE_COLUMNS} FROM cases WHERE handling_region = ? AND "
+            f"(CASE WHEN legs = '[]' THEN status "
+            f"ELSE json_extract(legs, '$[' || leg || '].status') END) IN ({_TAKEN_SQL}) "
             "ORDER BY updated_at LIMIT ?",
             (region, limit),
         ) as cur:
-            found = [_case_from_row(r) for r in await cur.fetchall()]
-        # A multi-site case handed to its next leg is in progress before that leg's partner has it.
-        return [c for c in found if legs.leg_status(c).value in _TAKEN]
+            return [_case_from_row(r) for r in await cur.fetchall()]
 
     async def dead_jobs(self, limit: int) -> list[JobRecord]:
         async with self._rdb.execute(
