@@ -25,32 +25,32 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-import orjson
 
-from gateway import transition
-from gateway.lifecycle import Status
 from gateway.store.base import (
-    Ack,
     CaseDetail,
     CaseFilter,
     CaseRecord,
     CursorRecord,
     DeliveryClaim,
-    DeliveryFailed,
-    Enqueue,
     EventRecord,
-    FinishJob,
     IgnoredRecord,
     JobRecord,
     Op,
     OpResult,
-    Replay,
     RevisionRecord,
-    Submit,
-    SubmitResult,
-    Transition,
-    TransitionResult,
     VersionConflict,
+)
+from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
+from gateway.store.rows import (
+    CASE_COLUMNS,
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    case_from_row,
+    case_row,
+    case_update_row,
+    event_from_row,
+    event_row,
+    job_from_row,
 )
 
 log = logging.getLogger(__name__)
@@ -173,128 +173,6 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-_CASE_COLUMNS = (
-    "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
-    "status, prior_status, outcome, result, partner_ref, body_hash, applicant, payload, "
-    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at, legs, leg"
-)
-_EVENT_COLUMNS = (
-    "feed_id, event_id, case_id, seq, status, outcome, at, item_code, contract_version, "
-    "origin_region, handling_region, data"
-)
-_JOB_COLUMNS = "job_id, kind, case_id, region, data, state, attempts, next_attempt_at, last_error"
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _case_from_row(row: Sequence[Any]) -> CaseRecord:
-    return CaseRecord(
-        case_id=row[0],
-        request_id=row[1],
-        origin_region=row[2],
-        handling_region=row[3],
-        item_code=row[4],
-        contract_version=row[5],
-        mode=row[6],
-        status=Status(row[7]),
-        prior_status=Status(row[8]) if row[8] else None,
-        outcome=row[9],
-        result=orjson.loads(row[10]) if row[10] else None,
-        partner_ref=row[11],
-        body_hash=row[12],
-        applicant=orjson.loads(row[13]),
-        payload=orjson.loads(row[14]),
-        attachments=orjson.loads(row[15]),
-        recipients=orjson.loads(row[16]),
-        created_at=row[17],
-        updated_at=row[18],
-        deadline=row[19],
-        last_seq=row[20],
-        paused_at=row[21],
-        legs=orjson.loads(row[22]),
-        leg=row[23],
-    )
-
-
-def _case_row(c: CaseRecord) -> tuple[Any, ...]:
-    return (
-        c.case_id, c.request_id, c.origin_region, c.handling_region, c.item_code,
-        c.contract_version, c.mode, c.status.value,
-        c.prior_status.value if c.prior_status else None, c.outcome,
-        _dumps(c.result) if c.result is not None else None, c.partner_ref, c.body_hash,
-        _dumps(c.applicant), _dumps(c.payload), _dumps(c.attachments), _dumps(c.recipients),
-        c.created_at, c.updated_at, c.deadline, c.last_seq, c.paused_at, _dumps(c.legs), c.leg,
-    )  # fmt: skip
-
-
-def _case_update_row(c: CaseRecord) -> tuple[Any, ...]:
-    return (
-        c.status.value, c.prior_status.value if c.prior_status else None, c.outcome,
-        _dumps(c.result) if c.result is not None else None, c.partner_ref, c.updated_at,
-        c.last_seq, c.deadline, c.paused_at, c.handling_region, _dumps(c.legs), c.leg, c.case_id,
-    )  # fmt: skip
-
-
-def _event_from_row(row: Sequence[Any]) -> EventRecord:
-    return EventRecord(
-        feed_id=row[0],
-        event_id=row[1],
-        case_id=row[2],
-        seq=row[3],
-        status=row[4],
-        outcome=row[5],
-        at=row[6],
-        item_code=row[7],
-        contract_version=row[8],
-        origin_region=row[9],
-        handling_region=row[10],
-        data=orjson.loads(row[11]),
-    )
-
-
-def _event_row(e: EventRecord) -> tuple[Any, ...]:
-    return (
-        e.event_id, e.case_id, e.seq, e.status, e.outcome, e.at, e.item_code,
-        e.contract_version, e.origin_region, e.handling_region, _dumps(e.data),
-    )  # fmt: skip
-
-
-def _job_from_row(row: Sequence[Any]) -> JobRecord:
-    return JobRecord(
-        job_id=row[0],
-        kind=row[1],
-        case_id=row[2],
-        region=row[3],
-        data=orjson.loads(row[4]),
-        state=row[5],
-        attempts=row[6],
-        next_attempt_at=row[7],
-        last_error=row[8],
-    )
-
-
-class _Batch:
-    """Rows collected while applying one group of operations, flushed with executemany."""
-
-    def __init__(self, cases: dict[str, CaseRecord], now: float) -> None:
-        self.now = now
-        self.cases = cases  # every case this group touches, as it stands inside the group
-        self.new_cases: list[CaseRecord] = []
-        self.changed: set[str] = set()
-        self.events: list[EventRecord] = []
-        self.cursors: list[tuple[str, str, int, float]] = []
-        self.heads: dict[str, int] = {}
-        self.jobs: list[tuple[Any, ...]] = []
-        self.cancel_jobs: list[str] = []
-        self.finish: list[FinishJob] = []
-        self.ignored: list[tuple[Any, ...]] = []
-        self.acks: list[Ack] = []
-        self.failed: list[DeliveryFailed] = []
-        self.replays: list[str] = []
-        self.blobs: list[tuple[str, str, int, bytes]] = []
-
 
 class SqliteStore:
     """:class:`gateway.store.base.Store` on SQLite."""
@@ -412,14 +290,12 @@ class SqliteStore:
         for (_, _, fut), result in zip(group, results, strict=True):
             _settle(fut, result=result)
 
-    def _transaction(self, lists: list[tuple[Sequence[Op], float]]) -> list[list[OpResult]]:
+    def _transaction(self, lists: OpLists) -> list[list[OpResult]]:
         """One whole group, on the writer thread: read, apply in memory, write, commit."""
         db = self._wdb
         db.execute("BEGIN IMMEDIATE")
         try:
-            now = max(n for _, n in lists)
-            batch = _Batch(self._load_cases(db, lists), now)
-            results = [[self._apply(op, batch, n) for op in ops] for ops, n in lists]
+            batch, results = apply_all(lists, self._load_cases(db, lists))
             self._flush(db, batch)
             db.execute("COMMIT")
         except BaseException:
@@ -428,102 +304,25 @@ class SqliteStore:
         return results
 
     @staticmethod
-    def _load_cases(
-        db: sqlite3.Connection, lists: list[tuple[Sequence[Op], float]]
-    ) -> dict[str, CaseRecord]:
-        ids = {op.case_id for ops, _ in lists for op in ops if isinstance(op, Transition | Replay)}
-        keys = {
-            (op.case.origin_region, op.case.request_id)
-            for ops, _ in lists
-            for op in ops
-            if isinstance(op, Submit)
-        }
+    def _load_cases(db: sqlite3.Connection, lists: OpLists) -> dict[str, CaseRecord]:
+        ids, keys = wanted(lists)
         found: dict[str, CaseRecord] = {}
-        for chunk in _chunks(sorted(ids), 500):
+        for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
+            sql = f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
             for row in db.execute(sql, chunk).fetchall():
-                found[row[0]] = _case_from_row(row)
-        for chunk_keys in _chunks(sorted(keys), 400):
+                found[row[0]] = case_from_row(row)
+        for chunk_keys in _chunks(keys, 400):
             where = " OR ".join("(origin_region = ? AND request_id = ?)" for _ in chunk_keys)
             params = [v for k in chunk_keys for v in k]
-            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE {where}"
+            sql = f"SELECT {CASE_COLUMNS} FROM cases WHERE {where}"
             for row in db.execute(sql, params).fetchall():
-                found["req:" + row[2] + ":" + row[1]] = _case_from_row(row)
+                found[request_key(row[2], row[1])] = case_from_row(row)
         return found
 
-    # ---- applying operations (pure over the batch) ----------------------------------------
-
-    def _apply(self, op: Op, b: _Batch, now: float) -> OpResult:
-        if isinstance(op, Submit):
-            return self._apply_submit(op, b)
-        if isinstance(op, Transition):
-            return self._apply_transition(op, b, now)
-        if isinstance(op, FinishJob):
-            b.finish.append(op)
-            return None
-        if isinstance(op, Ack):
-            b.acks.append(op)
-            return None
-        if isinstance(op, DeliveryFailed):
-            b.failed.append(op)
-            return None
-        if isinstance(op, Enqueue):
-            j = op.job
-            b.jobs.append(self._job_row(op.case_id, j.kind, j.region, j.data, now))
-            return None
-        b.replays.append(op.case_id)
-        return None
-
-    def _apply_submit(self, op: Submit, b: _Batch) -> SubmitResult:
-        key = "req:" + op.case.origin_region + ":" + op.case.request_id
-        existing = b.cases.get(key)
-        if existing is not None:
-            same = existing.body_hash == op.case.body_hash
-            return SubmitResult("existing" if same else "conflict", existing)
-        b.cases[key] = b.cases[op.case.case_id] = op.case
-        b.new_cases.append(op.case)
-        b.events.append(op.first_event)
-        for recipient in op.case.recipients:
-            b.cursors.append((recipient, op.case.case_id, op.first_event.seq, b.now))
-        for job in op.jobs:
-            b.jobs.append(self._job_row(op.case.case_id, job.kind, job.region, job.data, b.now))
-        for sha, media_type, content in op.blobs:
-            b.blobs.append((sha, media_type, len(content), content))
-        return SubmitResult("created", op.case)
-
     @staticmethod
-    def _job_row(case_id: str, kind: str, region: str, data: Any, now: float) -> tuple[Any, ...]:
-        return (kind, case_id, region, _dumps(data), "pending", now, now, now)
-
-    def _apply_transition(self, t: Transition, b: _Batch, now: float) -> TransitionResult:
-        case = b.cases.get(t.case_id)
-        if case is None:
-            return TransitionResult(False, "no such case")
-        done = transition.apply(case, t, now)
-        if isinstance(done, transition.Refused):
-            if not done.record:
-                return TransitionResult(False, done.reason)
-            return self._ignore(t, case, b, done.reason)
-        b.cases[case.case_id] = done.case
-        b.changed.add(case.case_id)
-        b.events.append(done.event)
-        b.heads[case.case_id] = done.event.seq
-        if t.cancel_pending_jobs:
-            b.cancel_jobs.append(case.case_id)
-        for job in done.jobs:
-            b.jobs.append(self._job_row(case.case_id, job.kind, job.region, job.data, now))
-        return TransitionResult(True, "", done.case, done.event)
-
-    @staticmethod
-    def _ignore(t: Transition, case: CaseRecord, b: _Batch, reason: str) -> TransitionResult:
-        status = t.status if isinstance(t.status, str) else t.status.value
-        b.ignored.append((case.case_id, t.at, str(status), t.source, reason))
-        return TransitionResult(False, reason, case)
-
-    @staticmethod
-    def _flush(db: sqlite3.Connection, b: _Batch) -> None:
-        _insert(db, f"INSERT INTO cases ({_CASE_COLUMNS})", [_case_row(c) for c in b.new_cases])
+    def _flush(db: sqlite3.Connection, b: Batch) -> None:
+        _insert(db, f"INSERT INTO cases ({CASE_COLUMNS})", [case_row(c) for c in b.new_cases])
         _update_from(
             db,
             "UPDATE cases SET status = v.column1, prior_status = v.column2, outcome = v.column3, "
@@ -531,13 +330,13 @@ class SqliteStore:
             "last_seq = v.column7, deadline = v.column8, paused_at = v.column9, "
             "handling_region = v.column10, legs = v.column11, leg = v.column12 "
             "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column13",
-            [_case_update_row(b.cases[i]) for i in b.changed],
+            [case_update_row(b.cases[i]) for i in b.changed],
         )
         _insert(
             db,
             "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "
             "contract_version, origin_region, handling_region, data)",
-            [_event_row(e) for e in b.events],
+            [event_row(e) for e in b.events],
         )
         _insert(
             db, "INSERT INTO cursors (recipient, case_id, head_seq, next_attempt_at)", b.cursors
@@ -564,7 +363,7 @@ class SqliteStore:
         SqliteStore._flush_jobs_and_deliveries(db, b)
 
     @staticmethod
-    def _flush_jobs_and_deliveries(db: sqlite3.Connection, b: _Batch) -> None:
+    def _flush_jobs_and_deliveries(db: sqlite3.Connection, b: Batch) -> None:
         if b.finish:
             db.executemany(
                 "UPDATE jobs SET state = CASE WHEN ?='retry' THEN 'pending' ELSE ? END, "
@@ -621,10 +420,10 @@ class SqliteStore:
                     "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
                     "next_attempt_at <= ? AND lease_until < ? "
                     "ORDER BY next_attempt_at, job_id LIMIT ?) "
-                    f"RETURNING {_JOB_COLUMNS}",
+                    f"RETURNING {JOB_COLUMNS}",
                     (owner, now + lease, region, now, now, quota),
                 ).fetchall()
-                claimed.extend(_job_from_row(r) for r in rows)
+                claimed.extend(job_from_row(r) for r in rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -660,12 +459,12 @@ class SqliteStore:
         for recipient, case_id, acked, head, attempts in rows:
             last = min(head, acked + max_events)
             events = db.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id = ? AND seq > ? AND seq <= ? "
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ? AND seq > ? AND seq <= ? "
                 "ORDER BY seq",
                 (case_id, acked, last),
             ).fetchall()
             claims.append(
-                DeliveryClaim(recipient, case_id, attempts, [_event_from_row(e) for e in events])
+                DeliveryClaim(recipient, case_id, attempts, [event_from_row(e) for e in events])
             )
         return claims
 
@@ -674,15 +473,15 @@ class SqliteStore:
     async def get_case(self, case_id: str) -> CaseDetail | None:
         db = self._rdb
         async with db.execute(
-            f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id = ?", (case_id,)
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id = ?", (case_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
         async with db.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE case_id = ? ORDER BY seq", (case_id,)
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ? ORDER BY seq", (case_id,)
         ) as cur:
-            events = [_event_from_row(r) for r in await cur.fetchall()]
+            events = [event_from_row(r) for r in await cur.fetchall()]
         async with db.execute(
             "SELECT recipient, case_id, acked_seq, head_seq, attempts, next_attempt_at, last_error "
             "FROM cursors WHERE case_id = ? ORDER BY recipient",
@@ -694,15 +493,15 @@ class SqliteStore:
             (case_id,),
         ) as cur:
             ignored = [IgnoredRecord(*r) for r in await cur.fetchall()]
-        return CaseDetail(_case_from_row(row), events, cursors, ignored)
+        return CaseDetail(case_from_row(row), events, cursors, ignored)
 
     async def cases(self, case_ids: Sequence[str]) -> dict[str, CaseRecord]:
         found: dict[str, CaseRecord] = {}
         for chunk in _chunks(list(case_ids), 500):
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {_CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
+            sql = f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
             async with self._rdb.execute(sql, chunk) as cur:
-                found.update({r[0]: _case_from_row(r) for r in await cur.fetchall()})
+                found.update({r[0]: case_from_row(r) for r in await cur.fetchall()})
         return found
 
     async def list_cases(self, flt: CaseFilter, limit: int, before: str | None) -> list[CaseRecord]:
@@ -719,22 +518,22 @@ class SqliteStore:
         if before:
             where.append("case_id < ?")
             params.append(before)
-        sql = f"SELECT {_CASE_COLUMNS} FROM cases"
+        sql = f"SELECT {CASE_COLUMNS} FROM cases"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY case_id DESC LIMIT ?"
         async with self._rdb.execute(sql, (*params, limit)) as cur:
-            return [_case_from_row(r) for r in await cur.fetchall()]
+            return [case_from_row(r) for r in await cur.fetchall()]
 
     async def feed(self, region: str, after: int, limit: int) -> list[EventRecord]:
         async with self._rdb.execute(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE feed_id IN ("
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE feed_id IN ("
             "SELECT feed_id FROM events WHERE origin_region = ? AND feed_id > ? "
             "UNION SELECT feed_id FROM events WHERE handling_region = ? AND feed_id > ?) "
             "ORDER BY feed_id LIMIT ?",
             (region, after, region, after, limit),
         ) as cur:
-            return [_event_from_row(r) for r in await cur.fetchall()]
+            return [event_from_row(r) for r in await cur.fetchall()]
 
     async def find_by_partner_ref(self, region: str, refs: Sequence[str]) -> Mapping[str, str]:
         found: dict[str, str] = {}
@@ -753,21 +552,20 @@ class SqliteStore:
         # status of the leg under way (handed to its next leg, the case is in progress before
         # that leg's partner has it).
         async with self._rdb.execute(
-            f"SELECT {_CASE_COLUMNS} FROM cases WHERE handling_region = ? AND "
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE handling_region = ? AND "
             f"(CASE WHEN legs = '[]' THEN status "
             f"ELSE json_extract(legs, '$[' || leg || '].status') END) IN ({_TAKEN_SQL}) "
             "ORDER BY updated_at LIMIT ?",
             (region, limit),
         ) as cur:
-            return [_case_from_row(r) for r in await cur.fetchall()]
+            return [case_from_row(r) for r in await cur.fetchall()]
 
     async def dead_jobs(self, limit: int) -> list[JobRecord]:
         async with self._rdb.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'dead' ORDER BY updated_at DESC "
-            "LIMIT ?",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'dead' ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         ) as cur:
-            return [_job_from_row(r) for r in await cur.fetchall()]
+            return [job_from_row(r) for r in await cur.fetchall()]
 
     async def queues(self, now: float) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
