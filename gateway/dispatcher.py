@@ -58,6 +58,7 @@ from gateway.store.base import (
 from gateway.supervisor import Signal
 
 log = logging.getLogger(__name__)
+_NOT_HANDED_OVER = frozenset({Status.RECEIVED, Status.FAILED})
 
 
 @dataclass
@@ -205,7 +206,9 @@ class Dispatcher:
         ops: list[Op] = [FinishJob(job.job_id, "done", now)]
         if job.kind == "submit":
             t = self._transition(job, case, Status.DISPATCHED, now, {})
-            ops.append(replace(t, partner_ref=outcome.partner_ref))
+            # Only a case not yet handed over becomes dispatched: the partner's own report
+            # may have overtaken this answer and moved the case on already.
+            ops.append(replace(t, partner_ref=outcome.partner_ref, only_from=_NOT_HANDED_OVER))
         ops.extend(
             self.service.update_transition(job.region, u, {}, now)
             for u in outcome.updates

@@ -73,6 +73,12 @@ def check(
         return Verdict(False, f"a handling partner may not report {target.value}")
     if current in TERMINAL:
         return Verdict(False, f"case is already {current.value}")
+    if by_partner and current is S.RECEIVED and target is not S.DISPATCHED:
+        # A partner that reports on a case has it, though its answer to the dispatch is not
+        # recorded yet: the report overtook the answer, or the gateway process that sent the
+        # case died before writing the answer down. The report counts as from ``dispatched``
+        # (and the dispatch answer, when it is written, is recorded and ignored).
+        current = S.DISPATCHED
     if target not in ALLOWED[current]:
         return Verdict(False, f"{current.value} → {target.value} is not a valid transition")
     if target is Status.COMPLETED and outcome is None:

@@ -74,6 +74,8 @@ def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
 
 
 def _move(case: CaseRecord, t: Transition) -> legs.Step | str:
+    if t.only_from and legs.leg_status(case) not in t.only_from:
+        return f"case is already {legs.leg_status(case).value}"
     target = t.status
     if target == "resume":
         if case.status is not Status.SUPPLEMENT_REQUIRED:

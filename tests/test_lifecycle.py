@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from gateway.lifecycle import (
+    PARTNER_REPORTS,
     TERMINAL,
     Outcome,
     Status,
@@ -134,6 +135,19 @@ def test_terminal_set():
 )
 def test_backward_moves_are_refused(current, target):
     assert not check(current, target).allowed
+
+
+@pytest.mark.parametrize("target", sorted(PARTNER_REPORTS))
+def test_a_partner_report_on_a_case_whose_dispatch_is_not_recorded_yet_is_applied(target):
+    # The partner has the case (its report overtook its answer to the dispatch, or the process
+    # that sent it died before writing the answer down): the report moves the case on as if
+    # from dispatched, and the dispatch answer that comes later is refused as a backward move.
+    assert check(S.RECEIVED, target, outcome_for(target), by_partner=True).allowed
+
+
+def test_the_gateway_itself_still_moves_a_received_case_only_by_dispatching_it():
+    assert not check(S.RECEIVED, S.ACCEPTED).allowed
+    assert not check(S.FAILED, S.ACCEPTED, by_partner=True).allowed
 
 
 @pytest.mark.parametrize("status", NON_TERMINAL)

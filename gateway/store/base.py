@@ -189,6 +189,9 @@ class Transition:
     jobs: tuple[NewJob, ...] = ()
     cancel_pending_jobs: bool = False
     leg: int | None = None  # multi_site: applies only while the case is on this leg
+    # Applies only while the case (or its leg under way) is in one of these; empty: any status
+    # the state machine allows a move from.
+    only_from: frozenset[Status] = frozenset()
 
 
 @dataclass(frozen=True)
