@@ -39,6 +39,7 @@ from gateway.service import CaseService, Counters, Wakeups
 from gateway.signing import NonceCache
 from gateway.store import open_store
 from gateway.store.base import Store
+from gateway.store.postgres import PostgresStore
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ class Gateway:
     async def start(self, port: int | None = None) -> int:
         """Open the store, start the workers and the HTTP server; return the bound port."""
         g = self.config.gateway
-        self.store = await open_store(g.store, synchronous=g.sqlite_synchronous)
+        self.store = await open_store(
+            g.store, synchronous=g.sqlite_synchronous, pool_size=g.store_pool_size
+        )
         self.registry = ContractRegistry(self.store, self.contracts)
         await self.registry.bootstrap(self.contracts, self.clock.now())
         connector = aiohttp.TCPConnector(limit=512, limit_per_host=128)
@@ -154,6 +157,7 @@ class Gateway:
         auth = Authenticator(
             self.config, self.clock, NonceCache(),
             RateLimiter(g.rate_limit_per_second, g.rate_limit_burst),
+            shared_nonces=self.store if isinstance(self.store, PostgresStore) else None,
         )  # fmt: skip
         document: dict[str, Any] = openapi.build(__version__)
         deps = HttpDeps(

@@ -6,6 +6,7 @@ need not sit in the file. With no file, :func:`demo_config` gives the bundled de
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Iterable
@@ -59,6 +60,7 @@ class GatewaySection(_Section):
     dispatch_batch: int = Field(64, ge=1)
     delivery_batch: int = Field(100, ge=1, description="events per callback when batching")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    store_pool_size: int = Field(10, ge=2, le=500, description="PostgreSQL connections at most")
 
     @field_validator("listen")
     @classmethod
@@ -71,10 +73,16 @@ class GatewaySection(_Section):
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            if importlib.util.find_spec("asyncpg") is None:
+                raise ValueError(
+                    "a PostgreSQL store needs asyncpg: pip install 'tongban-gateway[postgres]'"
+                )
+            return v
         if not v.startswith("sqlite:///"):
             raise ValueError(
-                "must be sqlite:///relative.db or sqlite:////absolute.db "
-                "(PostgreSQL is not supported yet)"
+                "must be sqlite:///relative.db, sqlite:////absolute.db or "
+                "postgresql://user@host/database"
             )
         return v
 

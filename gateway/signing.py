@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 KEY_HEADER = "X-Tongban-Key"
 TIMESTAMP_HEADER = "X-Tongban-Timestamp"
@@ -85,6 +86,14 @@ class SignedRequest:
     path_qs: str
     headers: Mapping[str, str]
     body: bytes
+
+
+class SharedNonces(Protocol):
+    """Nonces remembered where every gateway process sees them (a shared store)."""
+
+    async def remember_nonce(self, key_id: str, nonce: str, now: float) -> bool:
+        """True if the nonce is new to every process (and remember it); False for a replay."""
+        ...
 
 
 class NonceCache:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import orjson
+import pytest
 
+from adapters.frontdb_exchange import import_asyncpg
 from gateway.app import Gateway
 from gateway.config import Config, parse
 from gateway.identifiers import id_check_char
@@ -33,12 +37,49 @@ KEYS = {
 }
 CALLBACK = {ORIGIN: "zj-callback-secret-01", HANDLER: "sc-callback-secret-01"}
 HUB_SECRET = "hub-secret-000001"
+PG_BASE = os.environ.get("TONGBAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pg_unavailable(reason: str) -> NoReturn:
+    """Skip a PostgreSQL test that cannot run here; under ``CI=true`` fail it instead, since
+    there a missing server or driver is a broken set-up, not an optional extra."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run, not skip)")
+    pytest.skip(reason)
+
+
+@asynccontextmanager
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh schema ``t_<hex>`` on the test server (``PG_BASE``); yields a DSN whose
+    search_path is that schema, and drops the schema with everything in it afterwards."""
+    try:
+        asyncpg = import_asyncpg()
+    except ImportError:
+        pg_unavailable("asyncpg is not installed")
+    try:
+        conn = await asyncpg.connect(PG_BASE, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        pg_unavailable(f"no PostgreSQL server reachable at {PG_BASE} ({type(exc).__name__})")
+    schema = f"t_{secrets.token_hex(6)}"
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+    finally:
+        await conn.close()
+    joiner = "&" if "?" in PG_BASE else "?"
+    try:
+        yield f"{PG_BASE}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        conn = await asyncpg.connect(PG_BASE, timeout=5)
+        try:
+            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        finally:
+            await conn.close()
 
 
 def citizen_id(prefix17: str = "11010519491231002") -> str:
@@ -203,10 +244,11 @@ def simulator(region: str, gw_port: int, **kw: Any) -> ProvinceSimulator:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, top: dict[str, Any] | None = None, **gateway: Any
+    tmp_path: Path, top: dict[str, Any] | None = None, *, store: str | None = None, **gateway: Any
 ) -> AsyncIterator[World]:
     """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
-    started is stopped again even if a later step of the setup fails."""
+    started is stopped again even if a later step of the setup fails. ``store`` is the store URL
+    (the ``store_url`` fixture gives one per backend); by default a SQLite file in ``tmp_path``."""
     async with AsyncExitStack() as stack:
         sims = {r: simulator(r, 0) for r in (ORIGIN, HANDLER)}
         hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
@@ -216,8 +258,8 @@ async def world(
             stack.push_async_callback(sim.stop)
         hub_port = await hub.start("127.0.0.1", 0)
         stack.push_async_callback(hub.stop)
-        store = f"sqlite:///{tmp_path}/gw.db"
-        config = gateway_config(store, 0, ports, hub_port, top, **gateway)
+        url = f"sqlite:///{tmp_path}/gw.db" if store is None else store
+        config = gateway_config(url, 0, ports, hub_port, top, **gateway)
         gw = Gateway(config, poll_interval=0.05)
         stack.push_async_callback(gw.stop)
         gw_port = await gw.start()

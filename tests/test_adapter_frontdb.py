@@ -4,7 +4,7 @@ Every behaviour test runs on both backends: SQLite in ``tmp_path``, and PostgreS
 its own (``t_<random>``, reached through ``options=-csearch_path=…`` in the DSN, dropped at the
 end). Without a reachable server the PostgreSQL variants are skipped, except under ``CI=true``,
 where they fail. The server is ``TONGBAN_TEST_POSTGRES`` (default
-``postgresql://postgres@127.0.0.1:5432/test``).
+``postgresql://postgres@127.0.0.1:5432/test``); the schema helpers live in ``tests/support.py``.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import asyncio
 import logging
 import os
 import random
-import secrets
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -61,11 +60,12 @@ from tests.support import (
     free_port,
     gateway_config,
     medical_filing,
+    pg_schema,
+    pg_unavailable,
     simulator,
     wait_for,
 )
 
-PG_BASE = os.environ.get("TONGBAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 ID_NUMBER = "33010619800101003" + id_check_char("33010619800101003")
 NAME = "欧阳娜娜"
 PHONE = "13912345678"
@@ -88,39 +88,6 @@ def case(n: int = 1, **overrides: Any) -> CanonicalCase:
 
 
 # ---- backends ---------------------------------------------------------------------------------
-
-
-def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: PostgreSQL tests must run, not skip)")
-    pytest.skip(reason)
-
-
-@asynccontextmanager
-async def pg_schema() -> AsyncIterator[str]:
-    """A fresh schema on the test server; yields a DSN whose search_path is that schema."""
-    try:
-        asyncpg = import_asyncpg()
-    except ImportError:
-        _unavailable("asyncpg is not installed")
-    try:
-        conn = await asyncpg.connect(PG_BASE, timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _unavailable(f"no PostgreSQL server reachable at {PG_BASE} ({type(exc).__name__})")
-    schema = f"t_{secrets.token_hex(6)}"
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-    finally:
-        await conn.close()
-    joiner = "&" if "?" in PG_BASE else "?"
-    try:
-        yield f"{PG_BASE}{joiner}options=-csearch_path%3D{schema}"
-    finally:
-        conn = await asyncpg.connect(PG_BASE, timeout=5)
-        try:
-            await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        finally:
-            await conn.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -327,7 +294,7 @@ async def test_an_unreachable_database_is_retryable(
         try:
             import_asyncpg()
         except ImportError:
-            _unavailable("asyncpg is not installed")
+            pg_unavailable("asyncpg is not installed")
         unreachable = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens
     else:
         unreachable = f"sqlite:///{tmp_path}/no-such-dir/frontdb.db"  # never created

@@ -9,8 +9,9 @@ from tests.support import HANDLER, ORIGIN, medical_filing, wait_for, world
 
 async def test_case_completes_and_every_event_reaches_origin_and_hub_in_order(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, store=store_url) as w:
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-1"))
         assert status == 202, case.get("errors", case)
         assert case["status"] == "received"
@@ -36,8 +37,10 @@ async def test_case_completes_and_every_event_reaches_origin_and_hub_in_order(
         }
 
 
-async def test_repeat_is_idempotent_and_changed_body_conflicts(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_repeat_is_idempotent_and_changed_body_conflicts(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         body = medical_filing("ZJ-2")
         s1, c1, _ = await w.origin.call("POST", "/v1/cases", body)
         s2, c2, _ = await w.origin.call("POST", "/v1/cases", body)
@@ -50,8 +53,8 @@ async def test_repeat_is_idempotent_and_changed_body_conflicts(tmp_path: Path) -
         assert "ZJ-2" in problem["detail"]
 
 
-async def test_a_case_signed_with_hmac_sm3_is_accepted(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_case_signed_with_hmac_sm3_is_accepted(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         body = medical_filing("ZJ-SM3-1")
         status, case, _ = await w.origin.call("POST", "/v1/cases", body, scheme="hmac-sm3")
         assert status == 202, case
@@ -63,8 +66,9 @@ async def test_a_case_signed_with_hmac_sm3_is_accepted(tmp_path: Path) -> None:
 
 async def test_a_region_code_padded_to_twelve_digits_routes_and_is_stored_as_six(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, store=store_url) as w:
         body = medical_filing("ZJ-PAD-1")
         body["payload"]["insured_region"] = "510100000000"  # as some platforms send it
         status, case, _ = await w.origin.call("POST", "/v1/cases", body)

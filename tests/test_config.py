@@ -283,9 +283,15 @@ def test_bundled_demo_loads():
         assert partner.callback_url and partner.callback_secret
 
 
-def test_store_url_of_an_unsupported_kind_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"gateway\.store"):
-        parse({"gateway": {"store": "postgresql://u@h/db"}})
+def test_store_url_of_an_unsupported_kind_names_the_key_and_keeps_the_password() -> None:
+    with pytest.raises(ConfigError, match=r"gateway\.store") as err:
+        parse({"gateway": {"store": "mysql://gw:s3cret-pw@h/db"}})
+    assert "s3cret-pw" not in str(err.value)
+
+
+def test_a_postgresql_store_url_is_accepted() -> None:
+    for url in ("postgresql://gw@db.internal/tongban", "postgres://gw@db/tongban?sslmode=require"):
+        assert parse({"gateway": {"store": url}}).gateway.store == url
 
 
 def test_lease_shorter_than_two_partner_calls_is_refused() -> None:

@@ -16,7 +16,7 @@ from gateway import revisions
 from gateway.contract_ops import ContractOps
 from gateway.contracts import ContractList
 from gateway.registry import ContractRegistry
-from gateway.store.sqlite import SqliteStore
+from gateway.store import open_store
 from tests.support import (
     CONTRACTS,
     HANDLER,
@@ -60,8 +60,10 @@ async def ops(w: World, method: str, path: str, body: Any = None, token: dict[st
     return await w.origin.call(method, path, body, sign=False, headers=token)
 
 
-async def test_first_start_publishes_the_shipped_list_as_revision_1(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_first_start_publishes_the_shipped_list_as_revision_1(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         status, active, _ = await ops(w, "GET", "/v1/ops/contracts", token=VIEWER)
         assert status == 200 and active["revision"] == 1
         assert len(active["items"]) >= 12
@@ -69,8 +71,8 @@ async def test_first_start_publishes_the_shipped_list_as_revision_1(tmp_path: Pa
         assert [r["revision"] for r in history["revisions"]] == [1]
 
 
-async def test_validate_reports_a_diff_and_changes_nothing(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_validate_reports_a_diff_and_changes_nothing(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         status, answer, _ = await ops(
             w, "POST", "/v1/ops/contracts/validate", with_v2_active(shipped())
         )
@@ -81,8 +83,8 @@ async def test_validate_reports_a_diff_and_changes_nothing(tmp_path: Path) -> No
         assert active["revision"] == 1
 
 
-async def test_a_published_version_cannot_change(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_published_version_cannot_change(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         changed = shipped()
         changed["items"]["KSTB-YB-001"]["versions"][0]["time_limit_days"] = 3
         status, problem, _ = await ops(w, "POST", "/v1/ops/contracts/publish", changed)
@@ -98,8 +100,8 @@ async def test_a_published_version_cannot_change(tmp_path: Path) -> None:
         assert active["revision"] == 1
 
 
-async def test_roles_guard_the_contract_list(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_roles_guard_the_contract_list(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         status, _, _ = await ops(w, "POST", "/v1/ops/contracts/publish", shipped(), token=VIEWER)
         assert status == 403
         status, _, _ = await ops(w, "GET", "/v1/ops/contracts", token={})
@@ -108,8 +110,9 @@ async def test_roles_guard_the_contract_list(tmp_path: Path) -> None:
 
 async def test_case_keeps_its_version_while_a_new_one_is_published_and_rollback_restores(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-REV-1"))
         assert status == 202 and case["contract_version"] == 1
@@ -144,10 +147,10 @@ async def test_case_keeps_its_version_while_a_new_one_is_published_and_rollback_
 
 async def test_a_revision_published_by_another_process_takes_effect_without_restart(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with world(tmp_path) as w:
-        other = SqliteStore(f"{tmp_path}/gw.db")  # what a second process sees of the store
-        await other.open()
+    async with world(tmp_path, store=store_url) as w:
+        other = await open_store(store_url)  # a second process on the same store
         try:
             registry = ContractRegistry(other, ContractList.load(CONTRACTS))
             await registry.refresh()

@@ -35,7 +35,17 @@ from tests.support import (
 )
 
 
-def _toml(tmp: Path, port: int, ports: dict[str, int], hub_port: int) -> Path:
+def gateway_toml(
+    tmp: Path,
+    port: int,
+    ports: dict[str, int],
+    hub_port: int,
+    *,
+    store: str | None = None,
+    settings: str = "",
+) -> Path:
+    """A gateway's TOML in ``tmp`` (its SQLite file there too, unless ``store`` names one);
+    ``settings`` adds lines to ``[gateway]``."""
     partners = "".join(
         f"""
 [[partners]]
@@ -53,8 +63,9 @@ adapter = {{ kind = "rest_json", base_url = "http://127.0.0.1:{p}" }}
         f"""
 [gateway]
 listen = "127.0.0.1:{port}"
-store = "sqlite:///{tmp}/gw.db"
+store = "{store or f"sqlite:///{tmp}/gw.db"}"
 contracts = "{CONTRACTS}"
+{settings}
 [gateway.retry]
 base_seconds = 0.05
 cap_seconds = 0.5
@@ -121,7 +132,7 @@ async def processes(
     for r, sim in sims.items():
         await sim.start("127.0.0.1", ports[r])
     await hub.start("127.0.0.1", hub_port)
-    gw = GatewayProcess(_toml(tmp_path, port, ports, hub_port), port)
+    gw = GatewayProcess(gateway_toml(tmp_path, port, ports, hub_port), port)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     try:
         await gw.start(session)

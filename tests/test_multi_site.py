@@ -41,8 +41,10 @@ def assert_delivered_in_order(w: World, case: dict[str, Any]) -> None:
         assert receiver.out_of_order == 0
 
 
-async def test_legs_run_in_order_and_the_first_result_feeds_the_second(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_legs_run_in_order_and_the_first_result_feeds_the_second(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-1"))
         assert status == 202, case
         assert case["mode"] == "multi_site" and case["handling_region"] == HANDLER
@@ -82,8 +84,10 @@ async def test_legs_run_in_order_and_the_first_result_feeds_the_second(tmp_path:
         assert sent["transfer_in_region"] == "330106"
 
 
-async def test_a_second_leg_that_rejects_ends_the_case_rejected(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_second_leg_that_rejects_ends_the_case_rejected(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[ORIGIN].settings.reject_rate = 1.0  # the transfer-in province refuses it
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-2"))
         assert status == 202, case
@@ -97,8 +101,10 @@ async def test_a_second_leg_that_rejects_ends_the_case_rejected(tmp_path: Path) 
         assert_delivered_in_order(w, final)
 
 
-async def test_a_first_leg_denied_completes_the_case_without_the_second(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_first_leg_denied_completes_the_case_without_the_second(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].settings.deny_rate = 1.0
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-3"))
         assert status == 202, case
@@ -109,8 +115,8 @@ async def test_a_first_leg_denied_completes_the_case_without_the_second(tmp_path
         assert_delivered_in_order(w, final)
 
 
-async def test_each_leg_asks_for_its_supplement_and_gets_it(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_each_leg_asks_for_its_supplement_and_gets_it(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         body = pension_transfer("ZJ-MS-5-SUPPLEMENT")  # both provinces ask for 补正
         status, case, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 202, case
@@ -137,8 +143,10 @@ async def test_each_leg_asks_for_its_supplement_and_gets_it(tmp_path: Path) -> N
         assert_delivered_in_order(w, final)
 
 
-async def test_a_late_report_from_a_finished_leg_is_recorded_and_ignored(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_late_report_from_a_finished_leg_is_recorded_and_ignored(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-4"))
         assert status == 202, case
         case_id = case["case_id"]
@@ -162,9 +170,9 @@ async def test_a_late_report_from_a_finished_leg_is_recorded_and_ignored(tmp_pat
     ],
 )
 async def test_legs_that_cannot_run_are_refused_naming_the_field(
-    tmp_path: Path, payload: dict[str, str], field: str, words: str
+    tmp_path: Path, store_url: str, payload: dict[str, str], field: str, words: str
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, store=store_url) as w:
         body = pension_transfer("ZJ-MS-BAD", **payload)
         status, problem, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 422, problem
@@ -174,8 +182,10 @@ async def test_legs_that_cannot_run_are_refused_naming_the_field(
         assert listed[1]["cases"] == []
 
 
-async def test_a_handling_region_other_than_the_first_leg_is_refused(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_handling_region_other_than_the_first_leg_is_refused(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         body = {**pension_transfer("ZJ-MS-HR"), "handling_region": ORIGIN}
         status, problem, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 422, problem
@@ -219,8 +229,9 @@ def test_a_multi_site_version_without_legs_still_loads() -> None:
 
 async def test_a_case_withdrawn_before_its_second_leg_is_sent_is_live_nowhere(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
-    async with world(tmp_path) as w:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[ORIGIN].set_down(True)  # the transfer-in province is down: leg 2 waits
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-6"))
         assert status == 202, case
@@ -251,9 +262,11 @@ async def test_a_case_withdrawn_before_its_second_leg_is_sent_is_live_nowhere(
         assert not [j for j in dead if j.case_id == case_id]
 
 
-async def test_a_second_leg_dead_lettered_is_replayed_and_completes(tmp_path: Path) -> None:
-    async with world(tmp_path, retry={"base_seconds": 0.01, "cap_seconds": 0.02,
-                                      "max_attempts": 2}) as w:  # fmt: skip
+async def test_a_second_leg_dead_lettered_is_replayed_and_completes(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url, retry={"base_seconds": 0.01, "cap_seconds": 0.02,
+                                                       "max_attempts": 2}) as w:  # fmt: skip
         w.sims[ORIGIN].settings.failure_rate = 1.0  # leg 2's submits fail until it recovers
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-7"))
         assert status == 202, case
@@ -277,8 +290,10 @@ async def test_a_second_leg_dead_lettered_is_replayed_and_completes(tmp_path: Pa
         assert_delivered_in_order(w, final)
 
 
-async def test_a_poll_asks_a_province_only_about_the_legs_it_holds(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_poll_asks_a_province_only_about_the_legs_it_holds(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[ORIGIN].set_down(True)  # leg 2 cannot be sent: the case waits between legs
         status, case, _ = await w.origin.call("POST", "/v1/cases", pension_transfer("ZJ-MS-8"))
         assert status == 202, case

@@ -24,8 +24,10 @@ async def _submit(w: World, request_id: str, **overrides: Any) -> str:
     return str(case["case_id"])
 
 
-async def test_handling_partner_down_then_up_completes_without_dead_letters(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_handling_partner_down_then_up_completes_without_dead_letters(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)
         ids = [await _submit(w, f"ZJ-DOWN-{i}") for i in range(5)]
 
@@ -55,8 +57,10 @@ async def _dispatch_errors(w: World) -> int:
     return total
 
 
-async def test_origin_callback_down_then_up_gets_every_event_in_order(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_origin_callback_down_then_up_gets_every_event_in_order(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[ORIGIN].set_down(True)
         ids = [await _submit(w, f"ZJ-CB-{i}") for i in range(4)]
 
@@ -79,9 +83,11 @@ async def test_origin_callback_down_then_up_gets_every_event_in_order(tmp_path: 
         assert w.sims[ORIGIN].out_of_order == 0
 
 
-async def test_retry_budget_spent_dead_letters_then_replay_completes(tmp_path: Path) -> None:
-    async with world(tmp_path, retry={"base_seconds": 0.01, "cap_seconds": 0.02,
-                                      "max_attempts": 2}) as w:  # fmt: skip
+async def test_retry_budget_spent_dead_letters_then_replay_completes(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url, retry={"base_seconds": 0.01, "cap_seconds": 0.02,
+                                                       "max_attempts": 2}) as w:  # fmt: skip
         w.sims[HANDLER].set_down(True)
         case_id = await _submit(w, "ZJ-DEAD-1")
         await wait_for(lambda: _settled(w, case_id, "failed"), what="case failed")
@@ -103,8 +109,8 @@ async def test_retry_budget_spent_dead_letters_then_replay_completes(tmp_path: P
                            "completed"]  # fmt: skip
 
 
-async def test_partner_refusal_is_rejected_and_delivered(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_partner_refusal_is_rejected_and_delivered(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         case_id = await _submit(w, "ZJ-1-REJECT")
         await wait_for(lambda: _settled(w, case_id, "rejected"), what="rejection delivered")
         case = await w.origin.case(case_id)
@@ -113,8 +119,8 @@ async def test_partner_refusal_is_rejected_and_delivered(tmp_path: Path) -> None
         assert [e["status"] for e in w.hub.events[case_id]][-1] == "rejected"
 
 
-async def test_supplement_round_trip_resumes_the_case(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_supplement_round_trip_resumes_the_case(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         case_id = await _submit(w, "ZJ-1-SUPPLEMENT")
         await wait_for(
             lambda: _settled(w, case_id, "supplement_required"), what="supplement requested"
@@ -138,8 +144,8 @@ async def test_supplement_round_trip_resumes_the_case(tmp_path: Path) -> None:
         assert status == 409
 
 
-async def test_withdraw_before_completion_stops_the_case(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_withdraw_before_completion_stops_the_case(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)
         case_id = await _submit(w, "ZJ-WD-1")
         status, case, _ = await w.origin.call(
@@ -161,8 +167,10 @@ async def test_withdraw_before_completion_stops_the_case(tmp_path: Path) -> None
         await wait_for(partner_consistent, what="partner holds no live copy of the case")
 
 
-async def test_late_and_duplicate_partner_reports_are_recorded_and_ignored(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_late_and_duplicate_partner_reports_are_recorded_and_ignored(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         case_id = await _submit(w, "ZJ-LATE-1")
         await wait_for(lambda: _settled(w, case_id), what="case completed")
         late = {"reports": [
@@ -176,8 +184,34 @@ async def test_late_and_duplicate_partner_reports_are_recorded_and_ignored(tmp_p
         assert [i["status"] for i in case["ignored"]] == ["accepted", "completed"]
 
 
-async def test_partner_may_only_touch_its_own_cases(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_report_that_overtakes_the_dispatch_answer_moves_the_case_on(
+    tmp_path: Path, store_url: str
+) -> None:
+    # The partner has the case but the gateway has not written down its answer (the process
+    # that sent it died first, or the report simply came quicker): the report is applied, and
+    # the dispatch answer that follows is recorded and ignored, never moving the case back.
+    async with world(tmp_path, store=store_url) as w:
+        w.sims[HANDLER].set_down(True)  # the dispatch answer comes only once it is up again
+        case_id = await _submit(w, "ZJ-OVERTAKE-1")
+        report = {"reports": [{"caseId": case_id, "statusCode": "6", "eventId": "ask-1",
+                               "message": "请补充户口簿首页"}]}  # fmt: skip
+        status, answer, _ = await w.handler.call("POST", f"/v1/partners/{HANDLER}/inbound", report)
+        assert status == 200 and answer["applied"] == 1, answer
+        assert (await w.origin.case(case_id))["status"] == "supplement_required"
+        w.sims[HANDLER].set_down(False)
+
+        async def answer_ignored() -> bool:
+            case = await w.origin.case(case_id)
+            return any(i["status"] == "dispatched" for i in case["ignored"])
+
+        await wait_for(answer_ignored, what="the late dispatch answer recorded and ignored")
+        history = [e["status"] for e in (await w.origin.case(case_id))["history"]]
+        assert history[:2] == ["received", "supplement_required"]
+        assert "dispatched" not in history  # the supplement was not taken as answered
+
+
+async def test_partner_may_only_touch_its_own_cases(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)
         case_id = await _submit(w, "ZJ-OWN-1")
         forged = {"reports": [{"caseId": case_id, "statusCode": "11", "outcome": "approved"}]}
@@ -190,8 +224,8 @@ async def test_partner_may_only_touch_its_own_cases(tmp_path: Path) -> None:
         assert (await w.origin.case(case_id))["status"] == "received"
 
 
-async def test_partner_cannot_report_a_withdrawal(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_partner_cannot_report_a_withdrawal(tmp_path: Path, store_url: str) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)
         case_id = await _submit(w, "ZJ-PW-1")
         # The rest_json table has no withdrawn code; an adapter that produced one is refused.

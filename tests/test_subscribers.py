@@ -39,7 +39,7 @@ def contracts_naming(tmp_path: Path, *subscribers: str) -> Path:
 
 @asynccontextmanager
 async def supervised_world(
-    tmp_path: Path, names: list[str], subscribers: list[dict[str, Any]]
+    tmp_path: Path, store: str, names: list[str], subscribers: list[dict[str, Any]]
 ) -> AsyncIterator[tuple[World, ProvinceSimulator]]:
     receiver = ProvinceSimulator(SimulatorSettings(region="330000", callback_secret=SECRET))
     port = await receiver.start("127.0.0.1", 0)
@@ -47,15 +47,15 @@ async def supervised_world(
         url = f"http://127.0.0.1:{port}/events"
         top = {"subscribers": [{"url": url, "secret": SECRET, **s} for s in subscribers]}
         folder = contracts_naming(tmp_path, *names)
-        async with world(tmp_path, top, contracts=str(folder)) as w:
+        async with world(tmp_path, top, store=store, contracts=str(folder)) as w:
             yield w, receiver
     finally:
         await receiver.stop()
 
 
-async def test_a_named_subscriber_gets_every_event_in_order(tmp_path: Path) -> None:
+async def test_a_named_subscriber_gets_every_event_in_order(tmp_path: Path, store_url: str) -> None:
     subs = [{"name": "zj-supervision", "regions": ["330000"]}]
-    async with supervised_world(tmp_path, ["zj-supervision"], subs) as (w, receiver):
+    async with supervised_world(tmp_path, store_url, ["zj-supervision"], subs) as (w, receiver):
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-SUB-1"))
         assert status == 202, case
         case_id = case["case_id"]
@@ -73,9 +73,9 @@ async def test_a_named_subscriber_gets_every_event_in_order(tmp_path: Path) -> N
         assert receiver.out_of_order == 0
 
 
-async def test_a_subscriber_for_other_regions_gets_nothing(tmp_path: Path) -> None:
+async def test_a_subscriber_for_other_regions_gets_nothing(tmp_path: Path, store_url: str) -> None:
     subs = [{"name": "gd-supervision", "regions": ["440000"]}]
-    async with supervised_world(tmp_path, ["gd-supervision"], subs) as (w, receiver):
+    async with supervised_world(tmp_path, store_url, ["gd-supervision"], subs) as (w, receiver):
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-SUB-2"))
         assert status == 202, case
         assert {d["recipient"] for d in case["deliveries"]} == {f"region:{ORIGIN}", "hub"}
@@ -88,8 +88,10 @@ async def test_a_subscriber_for_other_regions_gets_nothing(tmp_path: Path) -> No
         assert case["case_id"] not in receiver.events
 
 
-async def test_a_subscriber_not_configured_keeps_its_events_waiting(tmp_path: Path) -> None:
-    async with supervised_world(tmp_path, ["nobody"], []) as (w, _):
+async def test_a_subscriber_not_configured_keeps_its_events_waiting(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with supervised_world(tmp_path, store_url, ["nobody"], []) as (w, _):
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-SUB-3"))
         assert status == 202, case
 
@@ -103,9 +105,10 @@ async def test_a_subscriber_not_configured_keeps_its_events_waiting(tmp_path: Pa
 
 async def test_a_new_version_naming_an_unknown_subscriber_is_not_published(
     tmp_path: Path,
+    store_url: str,
 ) -> None:
     subs = [{"name": "zj-supervision"}]
-    async with supervised_world(tmp_path, [], subs) as (w, _):
+    async with supervised_world(tmp_path, store_url, [], subs) as (w, _):
         lst = ContractList.load(CONTRACTS).model_dump(mode="json")
         versions = lst["items"]["KSTB-YB-001"]["versions"]
         new = {**versions[0], "version": 3, "subscribers": ["zj-supervision", "nobody"]}

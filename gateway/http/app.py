@@ -87,17 +87,17 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
 
     async def submit_case(request: web.Request) -> web.Response:
         body = await a.body(request)
-        origin = a.province(request, body)
+        origin = await a.province(request, body)
         _require_json(request)
         status, case = await s.submit(origin, body)
         return json(case, status)
 
     async def get_case(request: web.Request) -> web.Response:
-        caller = a.reader(request, await a.body(request))
+        caller = await a.reader(request, await a.body(request))
         return json(await s.get(caller, request.match_info["case_id"]))
 
     async def list_cases(request: web.Request) -> web.Response:
-        caller = a.reader(request, await a.body(request))
+        caller = await a.reader(request, await a.body(request))
         q = request.query
         page = await s.list_cases(
             caller, q.get("status"), q.get("item_code"), _int(request, "limit", 50), q.get("cursor")
@@ -106,29 +106,29 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
 
     async def supplement(request: web.Request) -> web.Response:
         body = await a.body(request)
-        origin = a.province(request, body)
+        origin = await a.province(request, body)
         _require_json(request)
         return json(await s.supplement(origin, request.match_info["case_id"], body))
 
     async def withdraw(request: web.Request) -> web.Response:
         body = await a.body(request)
-        origin = a.province(request, body)
+        origin = await a.province(request, body)
         return json(await s.withdraw(origin, request.match_info["case_id"], body))
 
     async def feed(request: web.Request) -> web.Response:
-        region = a.province(request, await a.body(request))
+        region = await a.province(request, await a.body(request))
         limit = _int(request, "limit", 100)
         return json(await s.feed(region, request.query.get("after"), limit))
 
     async def inbound(request: web.Request) -> web.Response:
         body = await a.body(request)
         region = request.match_info["region"]
-        a.partner(request, region, body)
+        await a.partner(request, region, body)
         return json(await s.inbound(region, body, request.headers))
 
     async def attachment(request: web.Request) -> web.Response:
         region = request.match_info["region"]
-        a.partner(request, region, await a.body(request))
+        await a.partner(request, region, await a.body(request))
         content = await s.attachment(region, request.match_info["sha256"])
         return web.Response(body=content, content_type="application/octet-stream")
 

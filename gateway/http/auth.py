@@ -14,7 +14,14 @@ from gateway.clock import Clock
 from gateway.config import Config, PartnerSection
 from gateway.ratelimit import RateLimiter
 from gateway.service import Caller
-from gateway.signing import NonceCache, SignatureError, SignedRequest, verify
+from gateway.signing import (
+    NONCE_HEADER,
+    NonceCache,
+    SharedNonces,
+    SignatureError,
+    SignedRequest,
+    verify,
+)
 
 ROLES = {"viewer": 0, "operator": 1, "admin": 2}
 
@@ -25,6 +32,7 @@ class Authenticator:
     clock: Clock
     nonces: NonceCache
     limiter: RateLimiter
+    shared_nonces: SharedNonces | None = None  # the store, where several processes share it
 
     def __post_init__(self) -> None:
         self._key_regions = self.config.key_regions()
@@ -40,7 +48,7 @@ class Authenticator:
             limit = self.config.gateway.max_body_bytes
             raise errors.TooLarge(f"the body exceeds {limit} bytes") from None
 
-    def province(self, request: web.Request, body: bytes) -> str:
+    async def province(self, request: web.Request, body: bytes) -> str:
         """Verify a §5 signature; return the caller's region. Rate-limited per region."""
         now = self.clock.now()
         signed = SignedRequest(request.method, request.raw_path, request.headers, body)
@@ -48,6 +56,9 @@ class Authenticator:
             key_id = verify(signed, self._key_secrets, self.nonces, now)
         except SignatureError as exc:
             raise errors.Unauthorized(str(exc)) from None
+        shared = self.shared_nonces
+        if shared and not await shared.remember_nonce(key_id, request.headers[NONCE_HEADER], now):
+            raise errors.Unauthorized(f"{NONCE_HEADER} was already used")
         region = self._key_regions[key_id]
         wait = self.limiter.take(region, now)
         if wait:
@@ -75,19 +86,19 @@ class Authenticator:
                 return caller
         raise errors.Unauthorized("unknown bearer token")
 
-    def reader(self, request: web.Request, body: bytes) -> Caller:
+    async def reader(self, request: web.Request, body: bytes) -> Caller:
         """A province by signature, or an operator by bearer token."""
         caller = self.bearer(request)
-        return caller if caller is not None else Caller(region=self.province(request, body))
+        return caller if caller is not None else Caller(region=await self.province(request, body))
 
-    def partner(self, request: web.Request, region: str, body: bytes) -> None:
+    async def partner(self, request: web.Request, region: str, body: bytes) -> None:
         """Authenticate a partner's inbound message as its settings say."""
         partner = self.config.partner(region)
         if partner is None:
             raise errors.NotFound(f"no partner {region}")
         mode = partner.inbound.mode
         if mode == "signed":
-            if self.province(request, body) != region:
+            if await self.province(request, body) != region:
                 raise errors.Forbidden("the signing key does not belong to this partner")
         elif mode == "token":
             _check_token(request, partner)

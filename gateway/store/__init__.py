@@ -5,14 +5,22 @@ from __future__ import annotations
 from gateway.store.base import Store
 
 
-async def open_store(url: str, *, synchronous: str = "FULL") -> Store:
-    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////abs.db``."""
+async def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
+    """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////abs.db``, or
+    ``postgresql://user@host/db`` (``postgres://`` too; ``pool_size`` connections at most)."""
+    store: Store
     if url.startswith("sqlite://"):
         from gateway.store.sqlite import SqliteStore
 
         store = SqliteStore(sqlite_path(url), synchronous=synchronous)
-        await store.open()
-        return store
+    elif url.startswith(("postgresql://", "postgres://")):
+        from gateway.store.postgres import PostgresStore
+
+        store = PostgresStore(url, pool_size=pool_size)
+    else:
+        raise ValueError(f"gateway.store: unsupported store URL scheme in {url.split(':', 1)[0]!r}")
+    await store.open()
+    return store
     raise ValueError(f"gateway.store: unsupported store URL scheme in {url.split(':', 1)[0]!r}")
 
 

@@ -41,6 +41,7 @@ from gateway.store.base import (
     VersionConflict,
 )
 from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
+from gateway.store.group import GroupCommit
 from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
@@ -180,15 +181,11 @@ class SqliteStore:
     def __init__(self, path: str, *, synchronous: str = "FULL", max_group: int = 512) -> None:
         self.path = path
         self.synchronous = synchronous
-        self.max_group = max_group
         self.ready = False
         self._w: sqlite3.Connection | None = None  # the writer thread's alone
         self._r: aiosqlite.Connection | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._queue: asyncio.Queue[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]] = (
-            asyncio.Queue(maxsize=10_000)
-        )
-        self._committer: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._in_transaction, max_group=max_group)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -197,7 +194,7 @@ class SqliteStore:
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=10000")
         await self._r.execute("PRAGMA query_only=ON")
-        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-group-commit")
+        self._group.start("sqlite-group-commit")
         self.ready = True
 
     def _open_writer(self) -> None:
@@ -215,13 +212,7 @@ class SqliteStore:
 
     async def close(self) -> None:
         self.ready = False
-        if self._committer:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
-        while not self._queue.empty():
-            _, _, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(RuntimeError("store closed"))
+        await self._group.stop()
         if self._r is not None:
             await self._r.close()
             self._r = None
@@ -262,33 +253,10 @@ class SqliteStore:
     # ---- writes: group commit -------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
-        fut: asyncio.Future[list[OpResult]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((ops, now, fut))
-        return await fut
+        return await self._group.write(ops, now)
 
-    async def _commit_loop(self) -> None:
-        while True:
-            group = [await self._queue.get()]
-            while len(group) < self.max_group and not self._queue.empty():
-                group.append(self._queue.get_nowait())
-            await self._commit_group(group)
-
-    async def _commit_group(
-        self, group: list[tuple[Sequence[Op], float, asyncio.Future[list[OpResult]]]]
-    ) -> None:
-        try:
-            lists = [(ops, now) for ops, now, _ in group]
-            results = await self._in_writer(self._transaction, lists)
-        except Exception:
-            if len(group) == 1:
-                log.exception("store write failed")
-                _settle(group[0][2], exc=RuntimeError("store write failed"))
-                return
-            for item in group:  # isolate the caller that broke the group
-                await self._commit_group([item])
-            return
-        for (_, _, fut), result in zip(group, results, strict=True):
-            _settle(fut, result=result)
+    async def _in_transaction(self, lists: OpLists) -> list[list[OpResult]]:
+        return await self._in_writer(self._transaction, lists)
 
     def _transaction(self, lists: OpLists) -> list[list[OpResult]]:
         """One whole group, on the writer thread: read, apply in memory, write, commit."""
@@ -718,16 +686,3 @@ def _update_from(db: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]
 
 def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _settle(
-    fut: asyncio.Future[list[OpResult]],
-    result: list[OpResult] | None = None,
-    exc: BaseException | None = None,
-) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result or [])
