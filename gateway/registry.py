@@ -8,11 +8,12 @@ they were accepted under: versions are immutable, and a case records its version
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from gateway import revisions
 from gateway.contracts import ContractList
-from gateway.store.base import Store
+from gateway.store.base import RevisionMoved, Store
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,16 @@ class ContractRegistry:
     async def bootstrap(self, shipped: ContractList, now: float) -> None:
         """A store with no revision gets the shipped list as revision 1; then load the newest."""
         if await self.store.revision_number() == 0:
-            await self.store.publish_revision(
-                revisions.dumps(shipped).decode(),
-                revisions.published_contents_json(shipped),
-                author="tongban",
-                note="the contract list folder, loaded at first start",
-                now=now,
-            )
+            # Another process starting at the same time may come first: its revision stands.
+            with contextlib.suppress(RevisionMoved):
+                await self.store.publish_revision(
+                    revisions.dumps(shipped).decode(),
+                    revisions.published_contents_json(shipped),
+                    author="tongban",
+                    note="the contract list folder, loaded at first start",
+                    now=now,
+                    if_revision=0,
+                )
         await self.refresh()
 
     async def refresh(self) -> bool:

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from gateway import revisions
 from gateway.contract_ops import ContractOps
 from gateway.contracts import ContractList
 from gateway.registry import ContractRegistry
 from gateway.store import open_store
+from gateway.store.base import RevisionMoved
 from tests.support import (
     CONTRACTS,
     HANDLER,
@@ -175,3 +177,23 @@ def test_diff_and_immutability_are_pure() -> None:
     new = revisions.loads(orjson.dumps(with_v2_active(shipped())))
     assert revisions.immutability_errors(revisions.published_contents(old), new) == []
     assert revisions.diff(old, old) == []
+
+
+async def test_the_shipped_list_is_published_once_by_processes_starting_together(
+    store_url: str,
+) -> None:
+    shipped_list = ContractList.load(CONTRACTS)
+    stores = [await open_store(store_url) for _ in range(2)]
+    try:
+        registries = [ContractRegistry(s, shipped_list) for s in stores]
+        # Both saw an empty store before either published: the second publish is refused.
+        assert [await s.revision_number() for s in stores] == [0, 0]
+        await registries[0].bootstrap(shipped_list, time.time())
+        with pytest.raises(RevisionMoved):
+            await stores[1].publish_revision("{}", {}, "tongban", "late", time.time(), 0)
+        await registries[1].bootstrap(shipped_list, time.time())
+        assert [r.revision for r in registries] == [1, 1]
+        assert len(await stores[1].revisions(10)) == 1
+    finally:
+        for s in stores:
+            await s.close()

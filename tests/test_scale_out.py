@@ -8,6 +8,7 @@ real simulators for the partners on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -70,8 +71,9 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
             for r, sim in sims.items():
                 await sim.start("127.0.0.1", ports[r])
             await hub.start("127.0.0.1", hub_port)
-            for proc in procs:  # one after the other: the second finds the schema migrated
-                await proc.start(session)
+            # Both at once, as replicas start: one migrates the empty schema and publishes the
+            # shipped contract list, the other waits for the migration and finds the revision.
+            await asyncio.gather(*(proc.start(session) for proc in procs))
             yield Cluster(
                 procs[0], procs[1], sims, hub,
                 Client(session, f"http://127.0.0.1:{port_a}", ORIGIN),
@@ -138,6 +140,19 @@ async def test_two_processes_share_the_work_and_deliver_every_event_once_in_orde
             assert (await c.to_b.case(case_id))["status"] == "completed"
         calls = [await _dispatch_calls(c.to_a), await _dispatch_calls(c.to_b)]
         assert all(n > 0 for n in calls), f"one process did every partner call: {calls}"
+
+
+async def test_processes_started_together_share_one_schema_and_one_contract_revision(
+    tmp_path: Path,
+) -> None:
+    async with cluster(tmp_path) as c:
+        assert await _count(c.dsn, "SELECT count(*) FROM contract_revisions") == 1
+        assert await _count(c.dsn, "SELECT count(*) FROM schema_version") == 1
+        for client in (c.to_a, c.to_b):
+            status, case, _ = await client.call(
+                "POST", "/v1/cases", medical_filing(f"ZJ-S0-{client.base[-5:]}")
+            )
+            assert status == 202, case
 
 
 async def test_a_request_id_repeated_to_the_other_process_is_the_same_case(

@@ -140,6 +140,10 @@ class VersionConflict(Exception):
     """A published version would be stored again with different content."""
 
 
+class RevisionMoved(Exception):
+    """Another publish came first: the newest revision is not the one the publisher expected."""
+
+
 # ---- operations -------------------------------------------------------------------------------
 
 
@@ -344,9 +348,11 @@ class Store(Protocol):
         author: str,
         note: str,
         now: float,
+        if_revision: int | None = None,
     ) -> int:
         """Store a new revision and its versions atomically; return its number. Raises
-        :class:`VersionConflict` if a version already published is given different content."""
+        :class:`VersionConflict` if a version already published is given different content, and
+        :class:`RevisionMoved` if ``if_revision`` is given and is no longer the newest."""
         ...
 
     async def stats(self, now: float) -> Mapping[str, float]:

@@ -42,6 +42,7 @@ from gateway.store.base import (
     JobRecord,
     Op,
     OpResult,
+    RevisionMoved,
     RevisionRecord,
     VersionConflict,
 )
@@ -608,9 +609,13 @@ class PostgresStore:
         author: str,
         note: str,
         now: float,
+        if_revision: int | None = None,
     ) -> int:
         async with self._db.acquire() as con, con.transaction():
             await con.execute(_LOCK, _PUBLISH)  # one publisher at a time, in any process
+            newest = await con.fetchval("SELECT coalesce(max(revision), 0) FROM contract_revisions")
+            if if_revision is not None and newest != if_revision:
+                raise RevisionMoved(f"revision {if_revision} is no longer the newest")
             rows = await con.fetch("SELECT item_code, version, content FROM contract_versions")
             known = {(r[0], r[1]): r[2] for r in rows}
             for key, body in versions.items():

@@ -37,6 +37,7 @@ from gateway.store.base import (
     JobRecord,
     Op,
     OpResult,
+    RevisionMoved,
     RevisionRecord,
     VersionConflict,
 )
@@ -599,15 +600,27 @@ class SqliteStore:
         author: str,
         note: str,
         now: float,
+        if_revision: int | None = None,
     ) -> int:
-        return await self._in_writer(self._publish, content, dict(versions), author, note, now)
+        return await self._in_writer(
+            self._publish, content, dict(versions), author, note, now, if_revision
+        )
 
     def _publish(
-        self, content: str, versions: dict[tuple[str, int], str], author: str, note: str, now: float
+        self,
+        content: str,
+        versions: dict[tuple[str, int], str],
+        author: str,
+        note: str,
+        now: float,
+        if_revision: int | None,
     ) -> int:
         db = self._wdb
         db.execute("BEGIN IMMEDIATE")
         try:
+            newest = db.execute("SELECT coalesce(max(revision), 0) FROM contract_revisions")
+            if if_revision is not None and newest.fetchone()[0] != if_revision:
+                raise RevisionMoved(f"revision {if_revision} is no longer the newest")
             known = dict(
                 ((r[0], r[1]), r[2])
                 for r in db.execute("SELECT item_code, version, content FROM contract_versions")
