@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import contracts_cli
 from gateway.config import Config, ConfigError, demo_config, load
+from gateway.store import StoreUnavailable
 
 
 def _config(path: str | None) -> tuple[Config, Path | None]:
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tongban: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"tongban: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
     return 0

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from gateway.cli import main
 from gateway.config import ConfigError, demo_config, load, parse
+from tests.support import free_port
 
 ZJ_SECRET = "zj-key-secret-000000001"
 ZJ_CALLBACK = "zj-callback-secret-01"
@@ -297,3 +299,19 @@ def test_a_postgresql_store_url_is_accepted() -> None:
 def test_lease_shorter_than_two_partner_calls_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"gateway: .*lease_seconds"):
         parse({"gateway": {"lease_seconds": 20, "request_timeout_seconds": 15}})
+
+
+def test_serve_on_an_unreachable_store_says_so_without_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()  # nothing listens there
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:0"\n'
+        f'store = "postgresql://gw:s3cret-pw@127.0.0.1:{port}/tongban"\n',
+        encoding="utf-8",
+    )
+    assert main(["serve", "--config", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert f"cannot open the store postgresql://gw:***@127.0.0.1:{port}/tongban" in err
+    assert "s3cret-pw" not in err and "Traceback" not in err

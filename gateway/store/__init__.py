@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+from urllib.parse import urlsplit, urlunsplit
+
 from gateway.store.base import Store
+
+
+class StoreUnavailable(Exception):
+    """The store could not be opened; the message names it, without any password."""
 
 
 async def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
@@ -19,9 +26,29 @@ async def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10
         store = PostgresStore(url, pool_size=pool_size)
     else:
         raise ValueError(f"gateway.store: unsupported store URL scheme in {url.split(':', 1)[0]!r}")
-    await store.open()
+    try:
+        await store.open()
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        raise StoreUnavailable(f"cannot open the store {redacted(url)}: {_reason(exc)}") from None
+    except Exception as exc:  # the driver's own errors (asyncpg's: authentication, no database…)
+        if type(exc).__module__.split(".")[0] != "asyncpg":
+            raise
+        raise StoreUnavailable(f"cannot open the store {redacted(url)}: {_reason(exc)}") from None
     return store
-    raise ValueError(f"gateway.store: unsupported store URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def redacted(url: str) -> str:
+    """The URL with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def sqlite_path(url: str) -> str:
