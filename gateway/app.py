@@ -112,7 +112,10 @@ class Gateway:
         self.service, self.dispatcher, self.deliverer = service, dispatcher, deliverer
         self.runner = web.AppRunner(self._http(service), access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, g.host, g.port if port is None else port, backlog=1024)
+        site = web.TCPSite(
+            self.runner, g.host, g.port if port is None else port, backlog=1024,
+            reuse_port=g.reuse_port or None,
+        )  # fmt: skip
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

@@ -61,6 +61,9 @@ class GatewaySection(_Section):
     delivery_batch: int = Field(100, ge=1, description="events per callback when batching")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     store_pool_size: int = Field(10, ge=2, le=500, description="PostgreSQL connections at most")
+    reuse_port: bool = Field(
+        False, description="several processes of this host listen on one port (PostgreSQL only)"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -85,6 +88,15 @@ class GatewaySection(_Section):
                 "postgresql://user@host/database"
             )
         return v
+
+    @model_validator(mode="after")
+    def _shared_port_needs_a_shared_store(self) -> GatewaySection:
+        if self.reuse_port and self.store.startswith("sqlite:"):
+            raise ValueError(
+                "reuse_port lets several gateway processes serve one port: it needs a "
+                "PostgreSQL store (a SQLite store belongs to one process)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> GatewaySection:

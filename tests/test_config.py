@@ -315,3 +315,10 @@ def test_serve_on_an_unreachable_store_says_so_without_the_password(
     err = capsys.readouterr().err
     assert f"cannot open the store postgresql://gw:***@127.0.0.1:{port}/tongban" in err
     assert "s3cret-pw" not in err and "Traceback" not in err
+
+
+def test_reuse_port_needs_a_postgresql_store() -> None:
+    with pytest.raises(ConfigError, match=r"gateway: .*reuse_port.*PostgreSQL"):
+        parse({"gateway": {"reuse_port": True}})
+    shared = parse({"gateway": {"reuse_port": True, "store": "postgresql://gw@db/tongban"}})
+    assert shared.gateway.reuse_port

@@ -54,17 +54,22 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    """Two gateway processes on one fresh schema; the simulators report to process b."""
+async def cluster(tmp_path: Path, *, one_port: bool = False) -> AsyncIterator[Cluster]:
+    """Two gateway processes on one fresh schema; the simulators report to process b.
+    ``one_port``: both listen on one port (``reuse_port``), and either answers any request."""
     async with pg_schema() as dsn:
         ports = {ORIGIN: free_port(), HANDLER: free_port()}
-        hub_port, port_a, port_b = free_port(), free_port(), free_port()
+        hub_port, port_a = free_port(), free_port()
+        port_b = port_a if one_port else free_port()
+        settings = FAST + ("\nreuse_port = true" if one_port else "")
         sims = {r: simulator(r, port_b) for r in ports}
         hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
         procs = []
         for name, port in (("a", port_a), ("b", port_b)):
             (tmp_path / name).mkdir()
-            toml = gateway_toml(tmp_path / name, port, ports, hub_port, store=dsn, settings=FAST)
+            toml = gateway_toml(
+                tmp_path / name, port, ports, hub_port, store=dsn, settings=settings
+            )
             procs.append(GatewayProcess(toml, port))
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         try:
@@ -153,6 +158,22 @@ async def test_processes_started_together_share_one_schema_and_one_contract_revi
                 "POST", "/v1/cases", medical_filing(f"ZJ-S0-{client.base[-5:]}")
             )
             assert status == 202, case
+
+
+async def test_two_processes_serve_one_port(tmp_path: Path) -> None:
+    async with cluster(tmp_path, one_port=True) as c:
+        logs = [p.config.parent / "gateway.log" for p in (c.a, c.b)]
+        await wait_for(lambda: all("listening on" in log.read_text() for log in logs),
+                       what="both processes listening on the shared port")  # fmt: skip
+        assert c.a.proc is not None and c.a.proc.poll() is None
+        assert c.b.proc is not None and c.b.proc.poll() is None
+        ids = []
+        for i in range(20):
+            status, case, _ = await c.to_a.call("POST", "/v1/cases", medical_filing(f"ZJ-S5-{i}"))
+            assert status == 202, case
+            ids.append(case["case_id"])
+        await wait_for(lambda: _complete_in_order(c.sims[ORIGIN], ids), within=90,
+                       what="every case completed and delivered to the origin")  # fmt: skip
 
 
 async def test_a_request_id_repeated_to_the_other_process_is_the_same_case(
