@@ -124,14 +124,13 @@ async def test_two_processes_share_the_work_and_deliver_every_event_once_in_orde
     tmp_path: Path,
 ) -> None:
     async with cluster(tmp_path) as c:
-        c.sims[HANDLER].set_down(True)  # let jobs pile up, so both processes find some to claim
+        c.sims[HANDLER].settings.latency = 0.2  # calls overlap: both processes claim side by side
         ids = []
         for i in range(60):
             client = c.to_a if i % 2 else c.to_b
             status, case, _ = await client.call("POST", "/v1/cases", medical_filing(f"ZJ-S1-{i}"))
             assert status == 202, case
             ids.append(case["case_id"])
-        c.sims[HANDLER].set_down(False)
         await wait_for(lambda: _complete_in_order(c.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered to the origin")  # fmt: skip
         await wait_for(lambda: _complete_in_order(c.hub, ids), within=90, what="hub has all")
@@ -209,7 +208,8 @@ async def test_a_signed_request_replayed_to_the_other_process_is_refused(
 
 async def test_a_killed_process_leaves_its_work_to_the_other(tmp_path: Path) -> None:
     async with cluster(tmp_path) as c:
-        c.sims[HANDLER].settings.latency = 1.5  # calls are in flight when the kill lands
+        # Each submission takes a second to answer: a's calls are in flight when the kill lands.
+        c.sims[HANDLER].settings.answer_delay = 1.0
         ids = []
         for i in range(20):
             status, case, _ = await c.to_a.call("POST", "/v1/cases", medical_filing(f"ZJ-S4-{i}"))
@@ -217,7 +217,7 @@ async def test_a_killed_process_leaves_its_work_to_the_other(tmp_path: Path) -> 
             ids.append(case["case_id"])
         await wait_for(lambda: _leased_jobs(c.dsn), what="process a calling the partner")
         c.a.kill()
-        c.sims[HANDLER].settings.latency = 0.01
+        c.sims[HANDLER].settings.answer_delay = 0.0
 
         async def all_delivered() -> bool:
             # A case a answered for but died before writing the answer down goes from received

@@ -423,6 +423,19 @@ async def test_control_validates_and_changes_latency(
     assert sim.settings.latency == 0.2
 
 
+async def test_answer_delay_holds_the_answer_to_a_submission(
+    make_sim: SimFactory, session: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim()
+    status, control = await post(session, f"{sim.url}/_control", {"answer_delay": 0.3})
+    assert status == 200 and control["answer_delay"] == 0.3
+    assert (await post(session, f"{sim.url}/_control", {"answer_delay": -1}))[0] == 400
+    body = adapter_for(sim).render(canonical("C-SLOW"))
+    started = asyncio.get_running_loop().time()
+    assert (await post(session, f"{sim.url}/cases", body))[0] == 200
+    assert asyncio.get_running_loop().time() - started >= 0.3  # never less: a lower bound
+
+
 async def test_down_mode_answers_503_and_holds_reports(
     make_sim: SimFactory, gateway: FakeGateway, session: aiohttp.ClientSession
 ) -> None:

@@ -79,6 +79,7 @@ class SimulatorSettings:
     secret: str = ""
     callback_secret: str | None = None
     latency: float = 0.05
+    answer_delay: float = 0.0  # seconds before a case submission is answered (a slow intake)
     failure_rate: float = 0.0
     deny_rate: float = 0.0
     reject_rate: float = 0.0  # cases refused at intake (不予受理)
@@ -230,6 +231,7 @@ class ProvinceSimulator(LoopbackServer):
     # -- role 1: handling partner ---------------------------------------------------------------
 
     async def _submit(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.settings.answer_delay)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -476,6 +478,7 @@ class ProvinceSimulator(LoopbackServer):
             "down": self.down,
             "failure_rate": s.failure_rate,
             "latency": s.latency,
+            "answer_delay": s.answer_delay,
             "deny_rate": s.deny_rate,
             "duplicate_rate": s.duplicate_rate,
             "cases": len(self._cases),
@@ -500,13 +503,13 @@ class ProvinceSimulator(LoopbackServer):
             return _error(400, "expected a JSON object")
         rates = ("failure_rate", "deny_rate", "duplicate_rate")
         changes: dict[str, float] = {}
-        for name in (*rates, "latency"):
+        for name in (*rates, "latency", "answer_delay"):
             if name not in body:
                 continue
             value = body[name]
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value < 0 or (name in rates and value > 1):
-                return _error(400, f"{name} must be a number (rates in [0, 1], latency >= 0)")
+                return _error(400, f"{name} must be a number (rates in [0, 1], delays >= 0)")
             changes[name] = float(value)
         down = body.get("down")
         if down is not None and not isinstance(down, bool):

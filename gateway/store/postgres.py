@@ -422,17 +422,21 @@ class PostgresStore:
             )  # fmt: skip
             if not rows:
                 return []
+            # Each claim's events after its acknowledged one, at most max_events, in one query.
+            spans = [(r["case_id"], r["acked_seq"], min(r["head_seq"], r["acked_seq"] + max_events))
+                     for r in rows]  # fmt: skip
             events = await con.fetch(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ANY($1::text[]) "
-                "ORDER BY case_id, seq",
-                sorted({r["case_id"] for r in rows}),
+                f"SELECT DISTINCT {_qualified('e', EVENT_COLUMNS)} FROM events e "
+                "JOIN unnest($1::text[], $2::int[], $3::int[]) AS s(case_id, after, last) "
+                "ON e.case_id = s.case_id AND e.seq > s.after AND e.seq <= s.last "
+                "ORDER BY e.case_id, e.seq",
+                *map(list, zip(*spans, strict=True)),
             )
         by_case: dict[str, list[EventRecord]] = {}
         for e in events:
             by_case.setdefault(e["case_id"], []).append(event_from_row(e))
         claims = []
-        for recipient, case_id, acked, head, attempts in rows:
-            last = min(head, acked + max_events)
+        for (recipient, case_id, acked, _, attempts), (_, _, last) in zip(rows, spans, strict=True):
             todo = [e for e in by_case.get(case_id, []) if acked < e.seq <= last]
             claims.append(DeliveryClaim(recipient, case_id, attempts, todo))
         return claims
@@ -653,6 +657,11 @@ class PostgresStore:
             "deliveries_waiting_cases": float(waiting[0]),
             "deliveries_waiting_events": float(waiting[1]),
         }
+
+
+def _qualified(alias: str, columns: str) -> str:
+    """``a, b`` → ``e.a, e.b``."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 async def _many(con: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
