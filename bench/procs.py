@@ -113,6 +113,23 @@ class Proc:
             f"{self.name} not ready at {url} after {timeout:.0f} s:\n{self.log_tail()}"
         )
 
+    def wait_log(self, text: str, timeout: float = 30.0) -> None:
+        """Poll this process's own log (its stdout and stderr) until it contains ``text``; fail
+        early if the process dies. Unlike :meth:`wait_ready`, this says that *this* process got
+        there, also when several processes share one port and any of them may answer a URL."""
+        needle = text.encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if needle in self.log_path.read_bytes():
+                    return
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{self.name} did not log {text!r} within {timeout:.0f} s:\n{self.log_tail()}"
+        )
+
 
 class Processes:
     """Every subprocess of a run; leaving the ``with`` block terminates all still running."""

@@ -4,6 +4,11 @@ Everything runs as real processes on loopback: the gateway (``tongban serve --co
 with ``synchronous=FULL`` in a temporary folder), province simulators (:mod:`bench.sim`), a bare
 aiohttp server (:mod:`bench.bare`) and wrk replaying pre-signed requests (``bench/replay.lua``).
 
+With ``--store postgres`` the gateway keeps its data on a PostgreSQL server (``--postgres-dsn``)
+instead, each gateway world in a fresh schema ``bench_<hex>`` that is dropped when the world
+stops; ``--processes N`` (PostgreSQL only) runs N ``tongban serve`` processes of one world on one
+port (``reuse_port``), and every CPU and memory figure then covers all N.
+
 1. Accept: wrk sends distinct pre-signed ``POST /v1/cases`` (each nonce once) to the gateway
    while its workers dispatch and deliver in the background; accepted cases/s counts only 202s.
 2. Bare: the same wrk command against a server that only reads the body and answers 202.
@@ -23,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -35,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -61,6 +68,9 @@ HUB_SECRET = "hub-bench-secret-0001"
 EVENTS_PER_CASE = 5  # received, dispatched, accepted, in_progress, completed
 ACCEPT_RATIO_BAR = 0.3
 E2E_BAR = 300.0
+LISTENING = "tongban gateway listening on"  # what `tongban serve` prints once it serves
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+PG_TIMEOUT = 10.0  # seconds: connecting, and each statement of the benchmark's own
 
 
 # ---- requests -------------------------------------------------------------------------------
@@ -116,7 +126,7 @@ def write_requests(path: Path, requests: list[tuple[dict[str, str], bytes]]) -> 
             f.write(head.encode() + b"\t" + body + b"\n")
 
 
-# ---- the world: gateway and simulators ------------------------------------------------------
+# ---- the gateway's configuration ------------------------------------------------------------
 
 
 def _toml(value: Any) -> str:
@@ -136,13 +146,21 @@ def write_config(
     sim_ports: dict[str, int],
     hub_port: int,
     batch_callbacks: bool = False,
+    store: str | None = None,
+    reuse_port: bool = False,
 ) -> Path:
+    """The gateway's TOML; ``store`` is a store URL (default: SQLite in ``folder``)."""
     lines = [
         "[gateway]",
         f"listen = {_toml(f'127.0.0.1:{gw_port}')}",
-        f"store = {_toml('sqlite:///' + str(folder / 'tongban.db'))}",
+        f"store = {_toml(store or 'sqlite:///' + str(folder / 'tongban.db'))}",
         f"contracts = {_toml(str(ROOT / 'contracts'))}",
-        "# sqlite_synchronous is left at its default, FULL.",
+    ]
+    if store is None:
+        lines.append("# sqlite_synchronous is left at its default, FULL.")
+    if reuse_port:
+        lines.append("reuse_port = true")
+    lines += [
         "rate_limit_per_second = 1e9",
         "rate_limit_burst = 1000000000",
         "",
@@ -168,42 +186,192 @@ def write_config(
     return path
 
 
+# ---- PostgreSQL: a schema per world ---------------------------------------------------------
+
+
+async def _pg(dsn: str, sql: str, fetch: bool, seconds: float) -> Any:
+    from gateway.store.postgres import import_asyncpg  # asyncpg is optional: SQLite runs lack it
+
+    con = await import_asyncpg().connect(dsn, timeout=seconds)
+    try:
+        if fetch:
+            return await con.fetchval(sql, timeout=seconds)
+        return await con.execute(sql, timeout=seconds)
+    finally:
+        await con.close(timeout=seconds)
+
+
+def pg(dsn: str, sql: str, fetch: bool = False, timeout: float = PG_TIMEOUT) -> Any:
+    """One statement on a connection of its own (an event loop of its own too: the callers are
+    synchronous); connecting and the statement each within ``timeout`` seconds."""
+    return asyncio.run(asyncio.wait_for(_pg(dsn, sql, fetch, timeout), 3 * timeout))
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, for messages and the result file."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """``dsn`` with ``schema`` first on the search_path (``?options=-csearch_path%3D...``), where
+    the gateway's PostgreSQL store makes its tables; other query parameters are kept."""
+    query = parse_qsl(urlsplit(dsn).query, keep_blank_values=True)
+    options = " ".join([*(v for k, v in query if k == "options"), f"-csearch_path={schema}"])
+    query = [*((k, v) for k, v in query if k != "options"), ("options", options)]
+    return urlunsplit(urlsplit(dsn)._replace(query=urlencode(query, quote_via=quote)))
+
+
+def postgres_version(dsn: str) -> str:
+    """The server's version; raises if it cannot be reached within :data:`PG_TIMEOUT`."""
+    return str(pg(dsn, "SHOW server_version", fetch=True))
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    """Drop a world's schema and everything in it; a failure is reported, not raised (this runs
+    while unwinding, possibly from another error, which it must not mask)."""
+    try:
+        pg(dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE", timeout=30.0)
+    except Exception as exc:  # reported: the caller goes on unwinding
+        print(
+            f"warning: could not drop schema {schema} ({type(exc).__name__}: {exc}); "
+            f"drop it by hand: DROP SCHEMA {schema} CASCADE",
+            file=sys.stderr,
+        )
+
+
+# ---- the world: gateway and simulators ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a world's gateway keeps its data, and how many processes serve it."""
+
+    store: str = "sqlite"  # "sqlite" (a file in the world's folder) or "postgres"
+    dsn: str = ""  # postgres: the server; each world gets a schema of its own there
+    processes: int = 1  # gateway processes on one port (reuse_port); more than 1: postgres only
+
+
+def backend(args: argparse.Namespace) -> Backend:
+    # bench.validation builds its own namespace without these options: SQLite, one process.
+    return Backend(
+        getattr(args, "store", "sqlite"),
+        getattr(args, "postgres_dsn", ""),
+        getattr(args, "processes", 1),
+    )
+
+
 @dataclass
 class World:
-    gateway: Proc
+    gateways: list[Proc]  # one, or N sharing the port of gateway_url
     gateway_url: str
     sims: dict[str, Proc]  # region (origin, handler, hub) → simulator
     sim_urls: dict[str, str]
+    dsn: str = ""  # postgres: the server (without the schema)
+    schema: str = ""  # postgres: this world's schema, dropped by stop_world
 
     def all(self) -> list[Proc]:
-        return [self.gateway, *self.sims.values()]
+        return [*self.gateways, *self.sims.values()]
+
+    def gateway_cpu_seconds(self) -> list[float]:
+        """CPU time of each gateway process, in start order (the gateway's: their sum)."""
+        return [cpu_seconds(g.pid) for g in self.gateways]
+
+    def gateway_cpu_shares(self, before: list[float], seconds: float) -> list[float]:
+        """Cores used by each gateway process over ``seconds`` since ``before`` (read with
+        :meth:`gateway_cpu_seconds`)."""
+        after = self.gateway_cpu_seconds()
+        return [(t - t0) / seconds for t, t0 in zip(after, before, strict=True)]
+
+    def gateway_vm_hwm_kb(self) -> list[int]:
+        """Peak RSS of each gateway process, in start order."""
+        return [status_kb(g.pid, "VmHWM") for g in self.gateways]
+
+    def metrics_cover_all(self) -> bool:
+        """Whether one scrape of /metrics covers the whole gateway.
+
+        With several processes on one port, the kernel hands a scrape to any one of them, and
+        the samples say nothing of which (the gateway's registry has no pid label and no
+        process collector): a scrape can be neither attributed nor summed. So the counters
+        read from /metrics (dispatch calls, callback POSTs, transitions ignored) are reported
+        only with one process, and as None with more, rather than as one process's share."""
+        return len(self.gateways) == 1
+
+    def check_gateways(self) -> None:
+        """Raise if a gateway process has died: its figures would be missing from the sums."""
+        for g in self.gateways:
+            if not g.alive():
+                raise RuntimeError(f"{g.name} exited during the run:\n{g.log_tail()}")
 
 
-def start_world(procs: Processes, folder: Path, name: str, batch_callbacks: bool = False) -> World:
-    """Simulators for the origin, the handler and the hub, then the gateway; wait for all."""
+def start_world(
+    procs: Processes,
+    folder: Path,
+    name: str,
+    batch_callbacks: bool = False,
+    using: Backend = Backend(),  # frozen: one shared default is safe
+) -> World:
+    """Simulators for the origin, the handler and the hub, then the gateway process(es); wait
+    for all. On PostgreSQL a fresh schema is made first; stop the world with :func:`stop_world`
+    (which also drops it). If starting fails, whatever was started is stopped here."""
     folder.mkdir(parents=True, exist_ok=True)
     gw_port, hub_port = free_port(), free_port()
     ports = {ORIGIN: free_port(), HANDLER: free_port()}
     gateway_url = f"http://127.0.0.1:{gw_port}"
-    config = write_config(folder, gw_port, ports, hub_port, batch_callbacks)
-    sims: dict[str, Proc] = {}
-    sim_urls: dict[str, str] = {}
-    for region, port in [*ports.items(), (HUB_REGION, hub_port)]:
-        key_id, secret = KEYS.get(region, ("hub-unused", "hub-unused-secret-0001"))
-        callback = CALLBACK.get(region, HUB_SECRET)
-        argv = [
-            sys.executable, "-m", "bench.sim", "--region", region,
-            "--listen", f"127.0.0.1:{port}", "--gateway", gateway_url, "--key-id", key_id,
-            "--secret", secret, "--callback-secret", callback, "--latency", "0.0",
-        ]  # fmt: skip
-        sims[region] = procs.start(f"{name}-sim-{region}", argv)
-        sim_urls[region] = f"http://127.0.0.1:{port}"
-    for region, sim in sims.items():
-        sim.wait_ready(sim_urls[region] + "/bench/totals")
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    gateway = procs.start(f"{name}-gateway", argv)
-    gateway.wait_ready(gateway_url + "/readyz", timeout=60.0)
-    return World(gateway, gateway_url, sims, sim_urls)
+    world = World([], gateway_url, {}, {})
+    store: str | None = None
+    if using.store == "postgres":
+        # Named before it is made: stop_world drops it (IF EXISTS), also after an interrupted
+        # CREATE, which may have committed all the same.
+        world.dsn, world.schema = using.dsn, f"bench_{secrets.token_hex(6)}"
+        store = with_search_path(using.dsn, world.schema)
+    try:
+        if world.schema:
+            pg(world.dsn, f"CREATE SCHEMA {world.schema}")
+        config = write_config(
+            folder, gw_port, ports, hub_port, batch_callbacks, store, using.processes > 1
+        )
+        for region, port in [*ports.items(), (HUB_REGION, hub_port)]:
+            key_id, secret = KEYS.get(region, ("hub-unused", "hub-unused-secret-0001"))
+            callback = CALLBACK.get(region, HUB_SECRET)
+            argv = [
+                sys.executable, "-m", "bench.sim", "--region", region,
+                "--listen", f"127.0.0.1:{port}", "--gateway", gateway_url, "--key-id", key_id,
+                "--secret", secret, "--callback-secret", callback, "--latency", "0.0",
+            ]  # fmt: skip
+            world.sims[region] = procs.start(f"{name}-sim-{region}", argv)
+            world.sim_urls[region] = f"http://127.0.0.1:{port}"
+        for region, sim in world.sims.items():
+            sim.wait_ready(world.sim_urls[region] + "/bench/totals")
+        argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+        for i in range(using.processes):
+            label = f"{name}-gateway" if using.processes == 1 else f"{name}-gateway-{i + 1}"
+            gateway = procs.start(label, argv)
+            world.gateways.append(gateway)
+            # Each process's own log, not /readyz: through a shared port, /readyz may be
+            # answered by a process started earlier. The line is printed once this process's
+            # store is open, its workers run and it listens.
+            gateway.wait_log(LISTENING, timeout=60.0)
+        world.gateways[0].wait_ready(gateway_url + "/readyz", timeout=60.0)
+        world.check_gateways()
+    except BaseException:
+        stop_world(procs, world)
+        raise
+    return world
+
+
+def stop_world(procs: Processes, world: World) -> None:
+    """Stop every process of the world, then drop its PostgreSQL schema (if any), even when
+    stopping fails or is interrupted."""
+    try:
+        procs.stop(*world.all())
+    finally:
+        if world.schema:
+            drop_schema(world.dsn, world.schema)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -224,6 +392,11 @@ def scrape(url: str) -> dict[str, float]:
 
 def metric_sum(samples: dict[str, float], prefix: str, contains: str = "") -> float:
     return sum(v for k, v in samples.items() if k.startswith(prefix) and contains in k)
+
+
+def _metric(samples: dict[str, float] | None, prefix: str, contains: str = "") -> float | None:
+    """:func:`metric_sum`, or None when there was no scrape that covers the whole gateway."""
+    return None if samples is None else metric_sum(samples, prefix, contains)
 
 
 # ---- wrk ------------------------------------------------------------------------------------
@@ -297,30 +470,40 @@ def accept_phase(
     that isolates the cost of the submit path itself. A fresh gateway has a fresh nonce
     cache and database, so both runs can replay the same requests file."""
     name = "accept" if partners_up else "accept-idle"
-    world = start_world(procs, work / name, name, args.batch_callbacks)
+    world = start_world(procs, work / name, name, args.batch_callbacks, backend(args))
     try:
         if not partners_up:
             procs.stop(*world.sims.values())
-        gw_cpu = cpu_seconds(world.gateway.pid)
+        gw_cpu = world.gateway_cpu_seconds()
         sim_cpu = sum(cpu_seconds(s.pid) for s in world.sims.values())
         run = run_wrk(wrk, world.gateway_url, requests_file, args, "once")
+        world.check_gateways()
         f = run.figures
-        f["gateway_cpu_share"] = (cpu_seconds(world.gateway.pid) - gw_cpu) / f["seconds"]
+        f["gateway_processes"] = len(world.gateways)
+        each = world.gateway_cpu_shares(gw_cpu, f["seconds"])
+        f["gateway_cpu_share"] = sum(each)  # all processes
+        f["gateway_cpu_share_per_process"] = each
         f["simulators_cpu_share"] = (
             sum(cpu_seconds(s.pid) for s in world.sims.values()) - sim_cpu
         ) / f["seconds"]
-        samples = scrape(world.gateway_url)
-        f["dispatch_calls_meanwhile"] = metric_sum(samples, "tongban_dispatch_calls_total")
-        f["callback_posts_meanwhile"] = metric_sum(samples, "tongban_deliveries_total")
-        f["gateway_vm_hwm_kb"] = status_kb(world.gateway.pid, "VmHWM")
+        f["dispatch_calls_meanwhile"] = f["callback_posts_meanwhile"] = None
+        if world.metrics_cover_all():  # see World.metrics_cover_all: None with N processes
+            samples = scrape(world.gateway_url)
+            f["dispatch_calls_meanwhile"] = metric_sum(samples, "tongban_dispatch_calls_total")
+            f["callback_posts_meanwhile"] = metric_sum(samples, "tongban_deliveries_total")
+        hwm = world.gateway_vm_hwm_kb()
+        f["gateway_vm_hwm_kb"] = max(hwm)  # the largest process
+        f["gateway_vm_hwm_kb_per_process"] = hwm
         what = "partners up" if partners_up else "partners unreachable"
+        if len(world.gateways) > 1:
+            what += f", {len(world.gateways)} gateway processes"
         print(f"\n--- wrk against the gateway ({what}) ---")
         print(run.text)
         if f["exhausted"]:
             print("warning: wrk sent every pre-signed request; raise --requests")
         return f
     finally:
-        procs.stop(*world.all())
+        stop_world(procs, world)
 
 
 def bare_phase(
@@ -380,17 +563,18 @@ def _receivers_done(world: World, expected: int) -> tuple[bool, dict[str, dict[s
 
 
 def e2e_phase(procs: Processes, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    world = start_world(procs, work / "e2e", "e2e", args.batch_callbacks)
+    world = start_world(procs, work / "e2e", "e2e", args.batch_callbacks, backend(args))
     try:
         requests = signed_cases(args.cases, f"E2E{os.getpid()}")
-        gw_cpu = cpu_seconds(world.gateway.pid)
+        gw_cpu = world.gateway_cpu_seconds()
         sim_cpu = sum(cpu_seconds(s.pid) for s in world.sims.values())
         started = time.monotonic()
         statuses = asyncio.run(_submit_all(world.gateway_url, requests, args.e2e_concurrency))
         submitted = time.monotonic() - started
         accepted = statuses.get("202", 0)
         deadline = started + args.e2e_timeout
-        done, totals = False, {}
+        done = False
+        totals: dict[str, dict[str, int]] = {}
         finished = started
         while time.monotonic() < deadline:
             done, totals = _receivers_done(world, accepted)
@@ -399,9 +583,12 @@ def e2e_phase(procs: Processes, work: Path, args: argparse.Namespace) -> dict[st
                 break
             time.sleep(0.05)
         seconds = finished - started
-        gw_share = (cpu_seconds(world.gateway.pid) - gw_cpu) / seconds
+        world.check_gateways()
+        each = world.gateway_cpu_shares(gw_cpu, seconds)
         sim_share = (sum(cpu_seconds(s.pid) for s in world.sims.values()) - sim_cpu) / seconds
-        samples = scrape(world.gateway_url)
+        # With N processes a scrape covers one of them: see World.metrics_cover_all.
+        samples = scrape(world.gateway_url) if world.metrics_cover_all() else None
+        hwm = world.gateway_vm_hwm_kb()
         completed = min(t["completed"] for t in totals.values()) if totals else 0
         figures = {
             "cases": args.cases,
@@ -416,21 +603,22 @@ def e2e_phase(procs: Processes, work: Path, args: argparse.Namespace) -> dict[st
             "cases_per_second": completed / seconds if seconds else 0.0,
             "origin": totals.get(ORIGIN, {}),
             "hub": totals.get(HUB_REGION, {}),
-            "gateway_cpu_share": gw_share,
+            "gateway_processes": len(world.gateways),
+            "gateway_cpu_share": sum(each),  # all processes
+            "gateway_cpu_share_per_process": each,
             "simulators_cpu_share": sim_share,
-            "delivery_posts_ok": metric_sum(samples, "tongban_deliveries_total", 'result="ok"'),
-            "delivery_posts_failed": metric_sum(
-                samples, "tongban_deliveries_total", 'result="error"'
-            ),
-            "dispatch_calls": metric_sum(samples, "tongban_dispatch_calls_total"),
-            "transitions_ignored": metric_sum(samples, "tongban_transitions_ignored_total"),
-            "gateway_vm_hwm_kb": status_kb(world.gateway.pid, "VmHWM"),
+            "delivery_posts_ok": _metric(samples, "tongban_deliveries_total", 'result="ok"'),
+            "delivery_posts_failed": _metric(samples, "tongban_deliveries_total", 'result="error"'),
+            "dispatch_calls": _metric(samples, "tongban_dispatch_calls_total"),
+            "transitions_ignored": _metric(samples, "tongban_transitions_ignored_total"),
+            "gateway_vm_hwm_kb": max(hwm),  # the largest process
+            "gateway_vm_hwm_kb_per_process": hwm,
         }
         if not done:
             print(f"warning: not every case was delivered within {args.e2e_timeout:.0f} s")
         return figures
     finally:
-        procs.stop(*world.all())
+        stop_world(procs, world)
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -458,16 +646,52 @@ def _row(name: str, value: str, note: str = "") -> str:
     return f"  {name:<44} {value:>14}  {note}"
 
 
+def _store_line(s: dict[str, Any]) -> str:
+    """What the gateway ran on, for the header (results written before these settings existed
+    were SQLite, one process)."""
+    n = s.get("processes", 1)
+    if s.get("store", "sqlite") == "postgres":
+        server = " ".join(s.get("postgres_server", "PostgreSQL ?").split()[:2])  # name, version
+        store = f"store=postgres ({server}, a fresh schema per world)"
+    else:
+        store = f"store=sqlite (synchronous={s.get('sqlite_synchronous', 'FULL')})"
+    shared = ", sharing one port with reuse_port" if n > 1 else ""
+    return f"{store}, processes={n} (gateway processes per world{shared})"
+
+
+def _mib(kb: float) -> str:
+    return f"{kb / 1024:.0f} MiB"
+
+
+def _cpu_note(figures: dict[str, Any]) -> str:
+    """With several gateway processes: how their summed CPU share splits."""
+    per = figures.get("gateway_cpu_share_per_process", [])
+    if len(per) < 2:
+        return ""
+    return f"sum of {len(per)} processes: " + " + ".join(f"{c:.2f}" for c in per) + "; "
+
+
+def _memory_row(name: str, figures: dict[str, Any]) -> str:
+    per = figures.get("gateway_vm_hwm_kb_per_process", [])
+    note = ""
+    if len(per) > 1:
+        note = f"largest of {len(per)} processes: " + ", ".join(f"{kb / 1024:.0f}" for kb in per)
+        note += " MiB"
+    return _row(name, _mib(figures["gateway_vm_hwm_kb"]), note)
+
+
 def report(result: dict[str, Any]) -> str:
     a, b, e = result["accept"], result["bare"], result.get("e2e")
     idle = result.get("accept_idle")
     ratio, bars, s = result["accept_ratio"], result["bars"], result["settings"]
     mark = {True: "ok", False: "MISSED"}
+    n = s.get("processes", 1)
     lines = [
         "",
         f"Tongban gateway benchmark ({result['machine']['cpus']} CPUs, "
         f"wrk -t{s['threads']} -c{s['connections']} -d{s['duration']}s, "
         f"batch_callbacks={str(s['batch_callbacks']).lower()})",
+        f"  {_store_line(s)}",
         "",
         "Accept (POST /v1/cases, pre-signed, each nonce once; workers dispatching and delivering)",
         _row("gateway accepted cases/s (202 only)", f"{a['accepted_per_second']:.0f}",
@@ -475,7 +699,8 @@ def report(result: dict[str, Any]) -> str:
         _row("gateway latency p50 / p99 (ms)", f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f}"),
         _row("gateway non-2xx answers", f"{a['non_2xx']}", f"socket errors {a['socket_errors']}"),
         _row("gateway CPU during the run", f"{a['gateway_cpu_share']:.2f} cores",
-             f"simulators {a['simulators_cpu_share']:.2f}, wrk {a['wrk_cpu_share']:.2f}"),
+             _cpu_note(a) + f"simulators {a['simulators_cpu_share']:.2f}, "
+             f"wrk {a['wrk_cpu_share']:.2f}"),
         _row("bare aiohttp req/s", f"{b['requests_per_second']:.0f}",
              f"p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms"),
         _row("bare server CPU / wrk CPU during its run",
@@ -493,6 +718,9 @@ def report(result: dict[str, Any]) -> str:
         ]  # fmt: skip
     if e is not None:
         o, h = e["origin"], e["hub"]
+        posts = "n/a"  # several processes: /metrics answers for one of them (not reported)
+        if e["delivery_posts_ok"] is not None:
+            posts = f"{e['delivery_posts_ok']:.0f} / {e['delivery_posts_failed']:.0f}"
         lines += [
             "",
             f"End to end ({e['accepted']} cases; origin and hub each get all 5 events of each)",
@@ -503,18 +731,18 @@ def report(result: dict[str, Any]) -> str:
             _row("out of order / duplicates (origin; hub)",
                  f"{o.get('out_of_order')}/{o.get('duplicates')}; "
                  f"{h.get('out_of_order')}/{h.get('duplicates')}"),
-            _row("callback POSTs (ok / failed)",
-                 f"{e['delivery_posts_ok']:.0f} / {e['delivery_posts_failed']:.0f}"),
+            _row("callback POSTs (ok / failed)", posts,
+                 "" if n == 1 else "/metrics of one of the processes: left out"),
             _row("gateway CPU during the run", f"{e['gateway_cpu_share']:.2f} cores",
-                 f"simulators {e['simulators_cpu_share']:.2f}"),
+                 _cpu_note(e) + f"simulators {e['simulators_cpu_share']:.2f}"),
         ]  # fmt: skip
     lines += [
         "",
         "Memory (gateway peak RSS, VmHWM)",
-        _row("accept run", f"{a['gateway_vm_hwm_kb'] / 1024:.0f} MiB"),
+        _memory_row("accept run", a),
     ]
     if e is not None:
-        lines.append(_row("end-to-end run", f"{e['gateway_vm_hwm_kb'] / 1024:.0f} MiB"))
+        lines.append(_memory_row("end-to-end run", e))
     lines.append("")
     return "\n".join(lines)
 
@@ -539,8 +767,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--skip-idle", action="store_true", help="skip the accept run with partners unreachable"
     )
+    p.add_argument(
+        "--store", choices=("sqlite", "postgres"), default="sqlite",
+        help="the gateway's store: SQLite in the temporary folder (default), or a fresh schema "
+        "per gateway world on the PostgreSQL server of --postgres-dsn",
+    )  # fmt: skip
+    p.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("TONGBAN_BENCH_POSTGRES") or DEFAULT_POSTGRES_DSN,
+        help="PostgreSQL server and database for --store postgres (default: "
+        f"$TONGBAN_BENCH_POSTGRES or {DEFAULT_POSTGRES_DSN})",
+    )
+    p.add_argument(
+        "--processes", type=int, default=1,
+        help="gateway processes per world, sharing one port (reuse_port; needs --store postgres)",
+    )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
+    if args.processes > 1 and args.store != "postgres":
+        p.error(
+            f"--processes {args.processes} needs --store postgres: the processes share one port "
+            "(reuse_port), which the gateway allows only with a PostgreSQL store"
+        )
+    if args.store == "postgres" and not args.postgres_dsn.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        p.error("--postgres-dsn must be a URL: postgresql://user@host:port/database")
+    return args
 
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
@@ -550,6 +805,18 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    postgres_server = ""
+    if args.store == "postgres":
+        try:
+            postgres_server = "PostgreSQL " + postgres_version(args.postgres_dsn)
+        except Exception as exc:  # whatever the failure, there is nothing to benchmark on
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            print(
+                f"PostgreSQL at {redact(args.postgres_dsn)} is not usable ({reason}); "
+                "start it or pass --postgres-dsn / set TONGBAN_BENCH_POSTGRES",
+                file=sys.stderr,
+            )
+            return 2
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk is not installed: apt-get install -y wrk (or run `make bench`)", file=sys.stderr)
@@ -563,10 +830,15 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "threads": args.threads, "connections": args.connections, "duration": args.duration,
             "accept_requests": count, "e2e_cases": args.cases,
-            "e2e_concurrency": args.e2e_concurrency, "sqlite_synchronous": "FULL",
+            "e2e_concurrency": args.e2e_concurrency,
+            "sqlite_synchronous": "FULL" if args.store == "sqlite" else None,
             "simulator_latency": 0.0, "batch_callbacks": args.batch_callbacks,
+            "store": args.store, "processes": args.processes,
         },
     }  # fmt: skip
+    if args.store == "postgres":
+        result["settings"]["postgres_dsn"] = redact(args.postgres_dsn)
+        result["settings"]["postgres_server"] = postgres_server
     work = Path(tempfile.mkdtemp(prefix="tongban-bench-"))
     print(f"working in {work}")
     try:
