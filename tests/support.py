@@ -40,10 +40,20 @@ HUB_SECRET = "hub-secret-000001"
 PG_BASE = os.environ.get("TONGBAN_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+_HANDED_OUT: set[int] = set()  # this test process's ports, never handed out twice
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, and one this test process has not handed out before (the
+    OS may offer a just-released port again, and a test starting several servers would then give
+    two of them the same port)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def pg_unavailable(reason: str) -> NoReturn:

@@ -22,6 +22,7 @@ import pytest
 
 from gateway.signing import sign_headers
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
+from gateway.store.postgres import PostgresStore
 from tests.support import (
     HANDLER,
     HUB_SECRET,
@@ -237,3 +238,25 @@ async def test_a_killed_process_leaves_its_work_to_the_other(tmp_path: Path) -> 
             assert receiver.out_of_order == 0 and receiver.seq_conflicts == 0
         await wait_for(lambda: _no_pending_jobs(c.dsn), within=60,
                        what="b closed every job a had leased, once the leases expired")  # fmt: skip
+
+
+async def test_the_shared_nonce_memory_refuses_every_replay_once() -> None:
+    async with pg_schema() as dsn:
+        a, b = PostgresStore(dsn), PostgresStore(dsn, nonce_window=600)
+        await a.open()
+        await b.open()
+        try:
+            now = 1_800_000_000.0
+            # Arriving together (one statement): exactly one of the two copies is new.
+            got = await asyncio.gather(
+                a.remember_nonce("zj-2026-01", "n" * 20, now),
+                a.remember_nonce("zj-2026-01", "n" * 20, now),
+                a.remember_nonce("sc-2026-01", "n" * 20, now),  # another key: its own nonce
+            )
+            assert sorted(got[:2]) == [False, True] and got[2] is True
+            assert not await b.remember_nonce("zj-2026-01", "n" * 20, now + 1)  # other process
+            # Past twice the signing window, the old sighting no longer counts.
+            assert await b.remember_nonce("zj-2026-01", "n" * 20, now + 601)
+        finally:
+            await a.close()
+            await b.close()

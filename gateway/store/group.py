@@ -1,33 +1,40 @@
 """Group commit: many callers' writes in one transaction and one commit.
 
-A caller's ``write`` waits in a bounded queue; one task takes everything queued (up to
-``max_group`` callers), hands it to the backend's transaction function, and answers every caller
-once that transaction has committed. If the group fails as a whole, each caller's operations are
-retried alone, so one bad caller cannot fail another. With ``synchronous=FULL`` (SQLite) or a
-synchronous commit (PostgreSQL) every answered write survives a power cut, at one flush per group
-rather than per case.
+A caller's ``submit`` waits in a bounded queue; one task takes everything queued (up to
+``max_group`` callers), hands their items to the backend's transaction function, and answers
+every caller with its own result once that transaction has committed. If the group fails as a
+whole, each caller's item is retried alone, so one bad caller cannot fail another. With
+``synchronous=FULL`` (SQLite) or a synchronous commit (PostgreSQL) every answered write survives
+a power cut, at one flush per group rather than per case.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-
-from gateway.store.base import Op, OpResult
-from gateway.store.batch import OpLists
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
-Transaction = Callable[[OpLists], Awaitable[list[list[OpResult]]]]
-_Waiting = tuple[Sequence[Op], float, "asyncio.Future[list[OpResult]]"]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class GroupCommit:
-    def __init__(self, transaction: Transaction, *, max_group: int = 512) -> None:
+class GroupCommit(Generic[Item, Result]):
+    """``transaction`` gets the items of one group in order and returns one result per item."""
+
+    def __init__(
+        self,
+        transaction: Callable[[list[Item]], Awaitable[list[Result]]],
+        *,
+        max_group: int = 512,
+    ) -> None:
         self._transaction = transaction
         self.max_group = max_group
-        self._queue: asyncio.Queue[_Waiting] = asyncio.Queue(maxsize=10_000)
+        self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue(
+            maxsize=10_000
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self, name: str) -> None:
@@ -40,13 +47,13 @@ class GroupCommit:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         while not self._queue.empty():
-            _, _, fut = self._queue.get_nowait()
+            _, fut = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(RuntimeError("store closed"))
 
-    async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
-        fut: asyncio.Future[list[OpResult]] = asyncio.get_running_loop().create_future()
-        await self._queue.put((ops, now, fut))
+    async def submit(self, item: Item) -> Result:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, fut))
         return await fut
 
     async def _loop(self) -> None:
@@ -56,29 +63,27 @@ class GroupCommit:
                 group.append(self._queue.get_nowait())
             await self._commit(group)
 
-    async def _commit(self, group: list[_Waiting]) -> None:
+    async def _commit(self, group: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
-            results = await self._transaction([(ops, now) for ops, now, _ in group])
+            results = await self._transaction([item for item, _ in group])
         except Exception:
             if len(group) == 1:
                 log.exception("store write failed")
-                _settle(group[0][2], exc=RuntimeError("store write failed"))
+                _settle(group[0][1], exc=RuntimeError("store write failed"))
                 return
-            for item in group:  # isolate the caller that broke the group
-                await self._commit([item])
+            for waiting in group:  # isolate the caller that broke the group
+                await self._commit([waiting])
             return
-        for (_, _, fut), result in zip(group, results, strict=True):
-            _settle(fut, result=result)
+        for (_, fut), result in zip(group, results, strict=True):
+            _settle(fut, result)
 
 
 def _settle(
-    fut: asyncio.Future[list[OpResult]],
-    result: list[OpResult] | None = None,
-    exc: BaseException | None = None,
+    fut: asyncio.Future[Result], result: Any = None, exc: BaseException | None = None
 ) -> None:
     if fut.done():  # the caller was cancelled meanwhile; its write stands
         return
     if exc is not None:
         fut.set_exception(exc)
     else:
-        fut.set_result(result or [])
+        fut.set_result(result)

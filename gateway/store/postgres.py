@@ -31,6 +31,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.signing import WINDOW_SECONDS
 from gateway.store.base import (
     CaseDetail,
     CaseFilter,
@@ -226,7 +227,7 @@ class PostgresStore:
         pool_size: int = 10,
         max_group: int = 512,
         timeout: float = 30.0,
-        nonce_window: float = 600.0,
+        nonce_window: float = 2 * WINDOW_SECONDS,
     ) -> None:
         self.dsn = dsn
         self.pool_size = pool_size
@@ -234,7 +235,12 @@ class PostgresStore:
         self.nonce_window = nonce_window  # how long a nonce is kept: twice the signing window
         self.ready = False
         self._pool: Any = None
-        self._group = GroupCommit(self._transaction, max_group=max_group)
+        self._group: GroupCommit[tuple[Sequence[Op], float], list[OpResult]] = GroupCommit(
+            self._transaction, max_group=max_group
+        )
+        self._nonces: GroupCommit[tuple[str, str, float], bool] = GroupCommit(
+            self._remember_nonces, max_group=1000
+        )
         self._nonce_sweep = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -257,6 +263,7 @@ class PostgresStore:
             self._pool = None
             raise
         self._group.start("postgres-group-commit")
+        self._nonces.start("postgres-nonces")
         self.ready = True
 
     @staticmethod
@@ -271,6 +278,7 @@ class PostgresStore:
     async def close(self) -> None:
         self.ready = False
         await self._group.stop()
+        await self._nonces.stop()
         if self._pool is not None:
             await asyncio.wait_for(self._pool.close(), self.timeout)
             self._pool = None
@@ -284,7 +292,7 @@ class PostgresStore:
     # ---- writes: group commit -------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
-        return await self._group.write(ops, now)
+        return await self._group.submit((ops, now))
 
     async def _transaction(self, lists: OpLists) -> list[list[OpResult]]:
         """One whole group: lock, read, apply in memory, write, commit."""
@@ -445,18 +453,28 @@ class PostgresStore:
 
     async def remember_nonce(self, key_id: str, nonce: str, now: float) -> bool:
         """True if no process has seen this nonce of this key inside the window (and now one
-        has); False for a replay."""
-        db = self._db
-        if now - self._nonce_sweep > 60:  # forget nonces whose timestamps are refused anyway
-            self._nonce_sweep = now
-            await db.execute("DELETE FROM nonces WHERE seen_at < $1", now - self.nonce_window)
-        inserted = await db.fetchval(
-            "INSERT INTO nonces (key_id, nonce, seen_at) VALUES ($1, $2, $3) "
-            "ON CONFLICT (key_id, nonce) DO UPDATE SET seen_at = excluded.seen_at "
-            "WHERE nonces.seen_at < $4 RETURNING true",
-            key_id, nonce, now, now - self.nonce_window,
-        )  # fmt: skip
-        return bool(inserted)
+        has); False for a replay. Nonces arriving together are stored in one statement."""
+        return await self._nonces.submit((key_id, nonce, now))
+
+    async def _remember_nonces(self, items: list[tuple[str, str, float]]) -> list[bool]:
+        now = max(t for _, _, t in items)
+        first: dict[tuple[str, str], int] = {}  # a nonce twice in one group: the second replays
+        for i, (key_id, nonce, _) in enumerate(items):
+            first.setdefault((key_id, nonce), i)
+        rows = [items[i] for i in first.values()]
+        async with self._db.acquire() as con:
+            if now - self._nonce_sweep > 60:  # forget nonces whose timestamps are refused anyway
+                self._nonce_sweep = now
+                await con.execute("DELETE FROM nonces WHERE seen_at < $1", now - self.nonce_window)
+            fresh = await con.fetch(
+                "INSERT INTO nonces (key_id, nonce, seen_at) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) "
+                "ON CONFLICT (key_id, nonce) DO UPDATE SET seen_at = excluded.seen_at "
+                "WHERE nonces.seen_at < $4 RETURNING key_id, nonce",
+                *map(list, zip(*rows, strict=True)), now - self.nonce_window,
+            )  # fmt: skip
+        new = {(r[0], r[1]) for r in fresh}
+        return [first[(k, n)] == i and (k, n) in new for i, (k, n, _) in enumerate(items)]
 
     # ---- reads ----------------------------------------------------------------------------
 

@@ -186,7 +186,9 @@ class SqliteStore:
         self._w: sqlite3.Connection | None = None  # the writer thread's alone
         self._r: aiosqlite.Connection | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._group = GroupCommit(self._in_transaction, max_group=max_group)
+        self._group: GroupCommit[tuple[Sequence[Op], float], list[OpResult]] = GroupCommit(
+            self._in_transaction, max_group=max_group
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class SqliteStore:
     # ---- writes: group commit -------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
-        return await self._group.write(ops, now)
+        return await self._group.submit((ops, now))
 
     async def _in_transaction(self, lists: OpLists) -> list[list[OpResult]]:
         return await self._in_writer(self._transaction, lists)
