@@ -20,6 +20,7 @@ from aiohttp import web
 
 from adapters.sdk import Adapter, AdapterContext, MaskingFilter, build, discover
 from gateway import __version__
+from gateway.audit_ops import AuditOps
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, ConfigError, contracts_path
 from gateway.contract_ops import ContractOps
@@ -171,6 +172,7 @@ class Gateway:
                 frozenset(s.name for s in self.config.subscribers),
             ),
             partners=PartnerOps(self.config, self.store, self.dispatcher.partners, self.clock),
+            audit=AuditOps(self.store),
             adapter_kinds=self.adapter_kinds,
         )  # fmt: skip
         return build_app(deps, g.max_body_bytes)

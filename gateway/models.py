@@ -112,6 +112,37 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class AuditEntry(BaseModel):
+    """One link of the audit chain (see the operator guide, "The audit chain")."""
+
+    audit_id: int
+    at: str
+    kind: str = Field(description="event, ignored, replay or revision")
+    case_id: str | None
+    ref: str = Field(description="the event id, the ignored status, or the revision number")
+    actor: str = Field(description="origin:REGION, partner:REGION, gateway, or an operator")
+    digest: str = Field(description="SHA-256 of what the entry records")
+    prev_hash: str
+    hash: str
+
+
+class CaseAudit(BaseModel):
+    case_id: str
+    entries: list[AuditEntry]
+
+
+class AuditProblem(BaseModel):
+    audit_id: int
+    reason: str
+
+
+class AuditVerification(BaseModel):
+    verified: bool
+    entries_checked: int
+    last_hash: str | None = Field(description="the newest entry's hash, when all is verified")
+    first_problem: AuditProblem | None
+
+
 class DeliveryState(BaseModel):
     recipient: str
     acked_seq: int

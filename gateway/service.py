@@ -476,9 +476,9 @@ class CaseService:
             ]
         }
 
-    async def replay(self, case_ids: list[str]) -> dict[str, Any]:
+    async def replay(self, case_ids: list[str], by: str = "") -> dict[str, Any]:
         now = self.clock.now()
-        await self.store.write([Replay(c) for c in case_ids], now)
+        await self.store.write([Replay(c, by) for c in case_ids], now)
         self.wake.dispatch()
         return {"replayed": case_ids}
 

@@ -7,6 +7,7 @@ every event, in order.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from tests.support import (
     HANDLER,
     HUB_SECRET,
     KEYS,
+    OPERATOR_TOKEN,
     ORIGIN,
     ROOT,
     Client,
@@ -74,6 +76,11 @@ max_attempts = 1000
 [national_hub]
 url = "http://127.0.0.1:{hub_port}/events"
 secret = "{HUB_SECRET}"
+
+[[operators]]
+name = "ops"
+token_sha256 = "{hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()}"
+role = "admin"
 {partners}""",
         encoding="utf-8",
     )
@@ -167,6 +174,13 @@ async def test_kill_after_202_before_dispatch_loses_nothing(tmp_path: Path) -> N
             case = await origin.case(case_id)
             assert case["status"] == "completed"
             assert [e["seq"] for e in case["history"]] == [1, 2, 3, 4, 5]
+        # The audit chain was written in the same transactions: it holds across the kill.
+        operator = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        status, verdict, _ = await origin.call(
+            "GET", "/v1/ops/audit/verify", sign=False, headers=operator
+        )
+        assert status == 200 and verdict["verified"] is True, verdict
+        assert verdict["entries_checked"] == 1 + 5 * len(ids)
 
 
 async def test_kill_in_the_middle_of_delivery_delivers_everything_in_order(

@@ -22,11 +22,12 @@ import pytest
 
 from gateway.signing import sign_headers
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
-from gateway.store.postgres import PostgresStore
+from gateway.store.postgres import MIGRATIONS, PostgresStore
 from tests.support import (
     HANDLER,
     HUB_SECRET,
     KEYS,
+    OPERATOR_TOKEN,
     ORIGIN,
     Client,
     free_port,
@@ -38,6 +39,7 @@ from tests.support import (
 from tests.test_crash import GatewayProcess, gateway_toml
 
 pytestmark = pytest.mark.postgres
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 # Short leases, so that a killed process's work is taken over within seconds.
 FAST = "request_timeout_seconds = 2\nlease_seconds = 9"
@@ -145,6 +147,12 @@ async def test_two_processes_share_the_work_and_deliver_every_event_once_in_orde
             assert (await c.to_b.case(case_id))["status"] == "completed"
         calls = [await _dispatch_calls(c.to_a), await _dispatch_calls(c.to_b)]
         assert all(n > 0 for n in calls), f"one process did every partner call: {calls}"
+        # Both processes wrote into one audit chain, one group after another: it holds.
+        status, verdict, _ = await c.to_b.call(
+            "GET", "/v1/ops/audit/verify", sign=False, headers=OPERATOR
+        )
+        assert status == 200 and verdict["verified"] is True, verdict
+        assert verdict["entries_checked"] == 1 + 5 * len(ids)
 
 
 async def test_processes_started_together_share_one_schema_and_one_contract_revision(
@@ -152,7 +160,8 @@ async def test_processes_started_together_share_one_schema_and_one_contract_revi
 ) -> None:
     async with cluster(tmp_path) as c:
         assert await _count(c.dsn, "SELECT count(*) FROM contract_revisions") == 1
-        assert await _count(c.dsn, "SELECT count(*) FROM schema_version") == 1
+        applied = "SELECT count(*) FROM schema_version"  # each migration applied once
+        assert await _count(c.dsn, applied) == len(MIGRATIONS)
         for client in (c.to_a, c.to_b):
             status, case, _ = await client.call(
                 "POST", "/v1/cases", medical_filing(f"ZJ-S0-{client.base[-5:]}")

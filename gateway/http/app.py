@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gateway import errors, models
+from gateway.audit_ops import AuditOps
 from gateway.contract_ops import ContractOps
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
@@ -52,6 +53,7 @@ class HttpDeps:
     openapi: Callable[[], dict[str, Any]]
     contracts: ContractOps
     partners: PartnerOps
+    audit: AuditOps
     adapter_kinds: Mapping[str, type[Any]]
 
 
@@ -153,12 +155,20 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
         return json(await s.dead_letters(_int(request, "limit", 100)))
 
     async def replay(request: web.Request) -> web.Response:
-        a.operator(request, "operator")
+        caller = a.operator(request, "operator")
         raw = orjson.loads(await a.body(request) or b"{}")
         ids = raw.get("case_ids") if isinstance(raw, dict) else None
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise errors.invalid(["body", "case_ids"], "a list of case ids is required")
-        return json(await s.replay(ids))
+        return json(await s.replay(ids, caller.operator or ""))
+
+    async def audit_case(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.audit.case(request.match_info["case_id"]))
+
+    async def audit_verify(request: web.Request) -> web.Response:
+        a.operator(request, "viewer")
+        return json(await d.audit.verify())
 
     async def contracts_active(request: web.Request) -> web.Response:
         a.operator(request, "viewer")
@@ -264,6 +274,11 @@ ROUTES: tuple[Route, ...] = (
           "operator", query=(("note", "string"),)),
     Route("POST", "/v1/ops/contracts/rollback", "contracts_rollback",
           "Publish an earlier revision's list again as the newest revision", "admin"),
+    Route("GET", "/v1/ops/audit/cases/{case_id}", "audit_case",
+          "A case's audit entries, oldest first", "viewer", responses=((200, models.CaseAudit),)),
+    Route("GET", "/v1/ops/audit/verify", "audit_verify",
+          "Verify the whole audit chain against the stored events and revisions", "viewer",
+          responses=((200, models.AuditVerification),)),
     Route("GET", "/healthz", "healthz", "Liveness", "none"),
     Route("GET", "/readyz", "readyz", "Readiness: store open and migrated, workers running",
           "none"),

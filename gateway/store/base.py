@@ -136,6 +136,38 @@ class RevisionRecord:
     content: str
 
 
+@dataclass(frozen=True)
+class AuditItem:
+    """What one audit entry records (see :mod:`gateway.audit`)."""
+
+    at: float
+    kind: str  # "event", "ignored", "replay", "revision"
+    case_id: str | None
+    ref: str  # the event id, the revision number, …
+    actor: str  # who caused it: "origin:330000", "partner:510000", "gateway", an operator
+    digest: str  # SHA-256 of what it records
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    audit_id: int
+    item: AuditItem
+    prev_hash: str
+    hash: str
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind
+
+    @property
+    def ref(self) -> str:
+        return self.item.ref
+
+    @property
+    def digest(self) -> str:
+        return self.item.digest
+
+
 class VersionConflict(Exception):
     """A published version would be stored again with different content."""
 
@@ -244,6 +276,7 @@ class Replay:
     """Send dead-lettered jobs of a case on again."""
 
     case_id: str
+    by: str = ""  # the operator who asked
 
 
 Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay | Enqueue
@@ -354,6 +387,16 @@ class Store(Protocol):
         :class:`VersionConflict` if a version already published is given different content, and
         :class:`RevisionMoved` if ``if_revision`` is given and is no longer the newest."""
         ...
+
+    async def audit_of_case(self, case_id: str) -> list[AuditRecord]:
+        """The audit entries of one case, oldest first."""
+        ...
+
+    async def audit_page(self, after: int, limit: int) -> list[AuditRecord]:
+        """Audit entries after ``audit_id`` ``after``, in chain order."""
+        ...
+
+    async def events_by_id(self, event_ids: Sequence[str]) -> dict[str, EventRecord]: ...
 
     async def stats(self, now: float) -> Mapping[str, float]:
         """Gauges for /metrics: pending jobs, dead jobs, pending deliveries, oldest waits."""

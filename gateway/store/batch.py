@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway import transition
+from gateway import audit, transition
 from gateway.store.base import (
     Ack,
+    AuditItem,
     CaseRecord,
     DeliveryFailed,
     Enqueue,
@@ -52,6 +53,7 @@ class Batch:
         self.failed: list[DeliveryFailed] = []
         self.replays: list[str] = []
         self.blobs: list[tuple[str, str, int, bytes]] = []
+        self.audit: list[AuditItem] = []  # in the order the facts were applied
 
 
 def request_key(origin_region: str, request_id: str) -> str:
@@ -97,6 +99,7 @@ def apply(op: Op, b: Batch, now: float) -> OpResult:
         b.jobs.append(job_row(op.case_id, j.kind, j.region, j.data, now))
         return None
     b.replays.append(op.case_id)
+    b.audit.append(AuditItem(now, "replay", op.case_id, "", op.by or "operator", "-"))
     return None
 
 
@@ -114,6 +117,7 @@ def _submit(op: Submit, b: Batch) -> SubmitResult:
     b.cases[key] = b.cases[op.case.case_id] = op.case
     b.new_cases.append(op.case)
     b.events.append(op.first_event)
+    b.audit.append(audit.event_item(op.first_event, "origin:" + op.case.origin_region))
     for recipient in op.case.recipients:
         b.cursors.append((recipient, op.case.case_id, op.first_event.seq, b.now))
     for job in op.jobs:
@@ -132,11 +136,15 @@ def _transition(t: Transition, b: Batch, now: float) -> TransitionResult:
         if not done.record:
             return TransitionResult(False, done.reason)
         status = t.status if isinstance(t.status, str) else t.status.value
-        b.ignored.append((case.case_id, t.at, str(status), t.source, done.reason))
+        row = (case.case_id, t.at, str(status), t.source, done.reason)
+        b.ignored.append(row)
+        b.audit.append(AuditItem(t.at, "ignored", case.case_id, str(status), t.source,
+                                 audit.digest(list(row))))  # fmt: skip
         return TransitionResult(False, done.reason, case)
     b.cases[case.case_id] = done.case
     b.changed.add(case.case_id)
     b.events.append(done.event)
+    b.audit.append(audit.event_item(done.event, t.source))
     b.heads[case.case_id] = done.event.seq
     if t.cancel_pending_jobs:
         b.cancel_jobs.append(case.case_id)

@@ -31,8 +31,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway import audit
 from gateway.signing import WINDOW_SECONDS
 from gateway.store.base import (
+    AuditItem,
+    AuditRecord,
     CaseDetail,
     CaseFilter,
     CaseRecord,
@@ -50,9 +53,11 @@ from gateway.store.base import (
 from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
 from gateway.store.group import GroupCommit
 from gateway.store.rows import (
+    AUDIT_COLUMNS,
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    audit_from_row,
     case_from_row,
     case_row,
     case_update_row,
@@ -65,7 +70,7 @@ log = logging.getLogger(__name__)
 
 # Advisory locks, two-key form: (hash of the schema, what). Per schema, so that two gateways on
 # two schemas of one database do not wait for each other.
-_MIGRATE, _WRITE, _PUBLISH = 1, 2, 3
+_MIGRATE, _WRITE = 1, 2
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext(current_schema()), $1)"
 _TAKEN_SQL = "'dispatched', 'accepted', 'in_progress', 'supplement_required'"
 
@@ -185,6 +190,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (key_id, nonce)
     );
     CREATE INDEX nonces_seen ON nonces (seen_at);
+    """,
+    """
+    CREATE TABLE audit (
+        audit_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        case_id TEXT,
+        ref TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
 ]
 
@@ -384,6 +403,20 @@ class PostgresStore:
             "INSERT INTO blobs (sha256, media_type, size, content) VALUES ($1, $2, $3, $4) "
             "ON CONFLICT (sha256) DO NOTHING",
             b.blobs,
+        )
+        await PostgresStore._append_audit(con, b.audit)
+
+    @staticmethod
+    async def _append_audit(con: Any, items: Sequence[AuditItem]) -> None:
+        """Continue the audit chain; the caller holds the schema's write lock."""
+        if not items:
+            return
+        last = await con.fetchval("SELECT hash FROM audit ORDER BY audit_id DESC LIMIT 1")
+        await _many(
+            con,
+            "INSERT INTO audit (at, kind, case_id, ref, actor, digest, prev_hash, hash) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            audit.link(last, items),
         )
 
     # ---- claims ---------------------------------------------------------------------------
@@ -634,7 +667,8 @@ class PostgresStore:
         if_revision: int | None = None,
     ) -> int:
         async with self._db.acquire() as con, con.transaction():
-            await con.execute(_LOCK, _PUBLISH)  # one publisher at a time, in any process
+            # One writer at a time, in any process: the revision number and the audit chain.
+            await con.execute(_LOCK, _WRITE)
             newest = await con.fetchval("SELECT coalesce(max(revision), 0) FROM contract_revisions")
             if if_revision is not None and newest != if_revision:
                 raise RevisionMoved(f"revision {if_revision} is no longer the newest")
@@ -656,7 +690,28 @@ class PostgresStore:
                 "VALUES ($1, $2, $3, $4)",
                 [(k[0], k[1], revision, v) for k, v in versions.items() if k not in known],
             )
+            entry = AuditItem(now, "revision", None, str(revision), author, audit.digest(content))
+            await self._append_audit(con, [entry])
         return revision
+
+    async def audit_of_case(self, case_id: str) -> list[AuditRecord]:
+        rows = await self._db.fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE case_id = $1 ORDER BY audit_id", case_id
+        )
+        return [audit_from_row(r) for r in rows]
+
+    async def audit_page(self, after: int, limit: int) -> list[AuditRecord]:
+        rows = await self._db.fetch(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE audit_id > $1 ORDER BY audit_id LIMIT $2",
+            after, limit,
+        )  # fmt: skip
+        return [audit_from_row(r) for r in rows]
+
+    async def events_by_id(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+        rows = await self._db.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id = ANY($1::text[])", list(event_ids)
+        )
+        return {r[1]: event_from_row(r) for r in rows}
 
     async def stats(self, now: float) -> Mapping[str, float]:
         async with self._db.acquire() as con:

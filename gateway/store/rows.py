@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.lifecycle import Status
-from gateway.store.base import CaseRecord, EventRecord, JobRecord
+from gateway.store.base import AuditItem, AuditRecord, CaseRecord, EventRecord, JobRecord
 
 CASE_COLUMNS = (
     "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
@@ -115,3 +115,10 @@ def job_from_row(row: Sequence[Any]) -> JobRecord:
         next_attempt_at=row[7],
         last_error=row[8],
     )
+
+
+AUDIT_COLUMNS = "audit_id, at, kind, case_id, ref, actor, digest, prev_hash, hash"
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditRecord:
+    return AuditRecord(row[0], AuditItem(*row[1:7]), row[7], row[8])

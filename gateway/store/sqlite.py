@@ -26,7 +26,10 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from gateway import audit
 from gateway.store.base import (
+    AuditItem,
+    AuditRecord,
     CaseDetail,
     CaseFilter,
     CaseRecord,
@@ -44,9 +47,11 @@ from gateway.store.base import (
 from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
 from gateway.store.group import GroupCommit
 from gateway.store.rows import (
+    AUDIT_COLUMNS,
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    audit_from_row,
     case_from_row,
     case_row,
     case_update_row,
@@ -172,6 +177,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cases ADD COLUMN legs TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE cases ADD COLUMN leg INTEGER NOT NULL DEFAULT 0;
+    """,
+    """
+    CREATE TABLE audit (
+        audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        case_id TEXT,
+        ref TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
 ]
 
@@ -367,6 +386,19 @@ class SqliteStore:
             )
         _insert(db, "INSERT INTO ignored (case_id, at, status, source, reason)", b.ignored)
         _insert(db, "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content)", b.blobs)
+        SqliteStore._append_audit(db, b.audit)
+
+    @staticmethod
+    def _append_audit(db: sqlite3.Connection, items: Sequence[AuditItem]) -> None:
+        """Continue the audit chain (inside the writer's transaction: one writer at a time)."""
+        if not items:
+            return
+        last = db.execute("SELECT hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
+        _insert(
+            db,
+            "INSERT INTO audit (at, kind, case_id, ref, actor, digest, prev_hash, hash)",
+            audit.link(last[0] if last else None, items),
+        )
 
     # ---- claims ---------------------------------------------------------------------------
 
@@ -641,11 +673,35 @@ class SqliteStore:
                 "INSERT INTO contract_versions (item_code, version, revision, content)",
                 [(k[0], k[1], revision, v) for k, v in versions.items() if k not in known],
             )
+            entry = AuditItem(now, "revision", None, str(revision), author, audit.digest(content))
+            self._append_audit(db, [entry])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return revision
+
+    async def audit_of_case(self, case_id: str) -> list[AuditRecord]:
+        async with self._rdb.execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE case_id = ? ORDER BY audit_id", (case_id,)
+        ) as cur:
+            return [audit_from_row(r) for r in await cur.fetchall()]
+
+    async def audit_page(self, after: int, limit: int) -> list[AuditRecord]:
+        async with self._rdb.execute(
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE audit_id > ? ORDER BY audit_id LIMIT ?",
+            (after, limit),
+        ) as cur:
+            return [audit_from_row(r) for r in await cur.fetchall()]
+
+    async def events_by_id(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
+        found: dict[str, EventRecord] = {}
+        for chunk in _chunks(list(event_ids), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})"
+            async with self._rdb.execute(sql, chunk) as cur:
+                found.update({r[1]: event_from_row(r) for r in await cur.fetchall()})
+        return found
 
     async def stats(self, now: float) -> Mapping[str, float]:
         db = self._rdb
