@@ -55,6 +55,7 @@ from gateway.signing import (
     TIMESTAMP_HEADER,
     sign_headers,
 )
+from gateway.store import redacted
 
 OUT = ROOT / "bench" / "out"
 LUA = ROOT / "bench" / "replay.lua"
@@ -209,12 +210,7 @@ def pg(dsn: str, sql: str, fetch: bool = False, timeout: float = PG_TIMEOUT) -> 
 
 def redact(dsn: str) -> str:
     """The DSN without its password, for messages and the result file."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    return redacted(dsn)
 
 
 def with_search_path(dsn: str, schema: str) -> str:

@@ -57,6 +57,7 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    QUEUES_SQL,
     audit_from_row,
     case_from_row,
     case_row,
@@ -64,6 +65,7 @@ from gateway.store.rows import (
     event_from_row,
     event_row,
     job_from_row,
+    queues_from_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -607,20 +609,7 @@ class PostgresStore:
         return [job_from_row(r) for r in rows]
 
     async def queues(self, now: float) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        rows = await self._db.fetch(
-            "SELECT region, state, count(*), min(created_at) FROM jobs "
-            "WHERE state IN ('pending', 'dead') GROUP BY region, state"
-        )
-        for region, state, count, oldest in rows:
-            q = out.setdefault(region, {"pending": 0.0, "oldest_pending_seconds": 0.0,
-                                        "dead": 0.0})  # fmt: skip
-            if state == "pending":
-                q["pending"] = float(count)
-                q["oldest_pending_seconds"] = max(0.0, now - oldest)
-            else:
-                q["dead"] = float(count)
-        return out
+        return queues_from_rows(await self._db.fetch(QUEUES_SQL), now)
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         row = await self._db.fetchval(

@@ -122,3 +122,22 @@ AUDIT_COLUMNS = "audit_id, at, kind, case_id, ref, actor, digest, prev_hash, has
 
 def audit_from_row(row: Sequence[Any]) -> AuditRecord:
     return AuditRecord(row[0], AuditItem(*row[1:7]), row[7], row[8])
+
+
+QUEUES_SQL = (
+    "SELECT region, state, count(*), min(created_at) FROM jobs "
+    "WHERE state IN ('pending', 'dead') GROUP BY region, state"
+)
+
+
+def queues_from_rows(rows: Sequence[Sequence[Any]], now: float) -> dict[str, dict[str, float]]:
+    """Per region: pending jobs, the oldest one's age, dead jobs (from :data:`QUEUES_SQL`)."""
+    out: dict[str, dict[str, float]] = {}
+    for region, state, count, oldest in rows:
+        q = out.setdefault(region, {"pending": 0.0, "oldest_pending_seconds": 0.0, "dead": 0.0})
+        if state == "pending":
+            q["pending"] = float(count)
+            q["oldest_pending_seconds"] = max(0.0, now - oldest)
+        else:
+            q["dead"] = float(count)
+    return out

@@ -51,6 +51,7 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    QUEUES_SQL,
     audit_from_row,
     case_from_row,
     case_row,
@@ -58,6 +59,7 @@ from gateway.store.rows import (
     event_from_row,
     event_row,
     job_from_row,
+    queues_from_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -571,20 +573,8 @@ class SqliteStore:
             return [job_from_row(r) for r in await cur.fetchall()]
 
     async def queues(self, now: float) -> dict[str, dict[str, float]]:
-        out: dict[str, dict[str, float]] = {}
-        async with self._rdb.execute(
-            "SELECT region, state, count(*), min(created_at) FROM jobs "
-            "WHERE state IN ('pending', 'dead') GROUP BY region, state"
-        ) as cur:
-            for region, state, count, oldest in await cur.fetchall():
-                q = out.setdefault(region, {"pending": 0.0, "oldest_pending_seconds": 0.0,
-                                            "dead": 0.0})  # fmt: skip
-                if state == "pending":
-                    q["pending"] = float(count)
-                    q["oldest_pending_seconds"] = max(0.0, now - oldest)
-                else:
-                    q["dead"] = float(count)
-        return out
+        async with self._rdb.execute(QUEUES_SQL) as cur:
+            return queues_from_rows(list(await cur.fetchall()), now)
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         async with self._rdb.execute(
