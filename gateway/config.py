@@ -118,10 +118,25 @@ class GatewaySection(_Section):
         return int(self.listen.rpartition(":")[2])
 
 
+class RecipientFormat(_Section):
+    """What a recipient's system reads: the gateway's own event JSON, or a report envelope
+    (办件信息汇聚报文, :mod:`adapters.report_envelope`) under the sender code it knows us by."""
+
+    kind: Literal["events", "report_envelope"] = "events"
+    sender_code: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+    @model_validator(mode="after")
+    def _envelope_names_its_sender(self) -> RecipientFormat:
+        if self.kind == "report_envelope" and not self.sender_code:
+            raise ValueError("a report_envelope needs the sender_code the recipient knows us by")
+        return self
+
+
 class HubSection(_Section):
     url: str
     secret: str = Field(min_length=8)
     batch: bool = True
+    format: RecipientFormat = Field(default_factory=RecipientFormat)
 
 
 class OperatorSection(_Section):
@@ -181,6 +196,7 @@ class SubscriberSection(_Section):
     url: str
     secret: str = Field(min_length=8)
     batch: bool = False
+    format: RecipientFormat = Field(default_factory=RecipientFormat)
     regions: list[str] = Field(
         default_factory=list,
         description="only cases with an origin or handling region here (a province code "

@@ -3,9 +3,10 @@
 Work comes from the store as leased *cursors*: for one case and one recipient, the events after
 the last one acknowledged. A recipient that takes batches gets a JSON array of events of many
 cases (each case's events in order); any other gets the next event of each case alone, and the
-one after only once that is acknowledged. Any ``2xx`` acknowledges; anything else is retried with
-backoff, with the same ``event_id``, for as long as it takes. A recipient that keeps failing has
-its circuit opened so its backlog does not crowd out the others.
+one after only once that is acknowledged. Any ``2xx`` acknowledges (for a recipient that reads
+report envelopes, :mod:`adapters.report_envelope`, only an accepting code in the body does);
+anything else is retried with backoff, with the same ``event_id``, for as long as it takes. A
+recipient that keeps failing has its circuit opened so its backlog does not crowd out the others.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from gateway.clock import Clock
-from gateway.config import Config, RetryPolicy
+from adapters import report_envelope
+from gateway.clock import Clock, iso
+from gateway.config import Config, RecipientFormat, RetryPolicy
 from gateway.retry import Circuit, backoff
 from gateway.service import HUB, render_event, subscriber_recipient
 from gateway.signing import sign_headers
@@ -35,11 +37,25 @@ LINGER = 0.005  # seconds to let work gather after a wake-up
 
 @dataclass(frozen=True)
 class Target:
-    """Where and how one recipient is reached."""
+    """Where and how one recipient is reached, and what its system reads."""
 
     url: str
     secret: str
     batch: bool
+    fmt: RecipientFormat = field(default_factory=RecipientFormat)
+
+    def render(self, events: list[EventRecord], batch: bool, now: float) -> bytes:
+        rendered = [render_event(e) for e in events]
+        if self.fmt.kind == "report_envelope":
+            assert self.fmt.sender_code
+            return report_envelope.render(rendered, self.fmt.sender_code, iso(now))
+        return orjson.dumps(rendered if batch else rendered[0])
+
+    def refusal(self, status: int, body: bytes) -> str | None:
+        """None if the answer acknowledges the events; else why not."""
+        if self.fmt.kind == "report_envelope":
+            return report_envelope.refusal(status, body)
+        return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 @dataclass
@@ -59,12 +75,12 @@ def targets(config: Config) -> dict[str, Target]:
     out: dict[str, Target] = {}
     if config.national_hub:
         hub = config.national_hub
-        out[HUB] = Target(hub.url, hub.secret, hub.batch)
+        out[HUB] = Target(hub.url, hub.secret, hub.batch, hub.format)
     for p in config.partners:
         if p.callback_url and p.callback_secret:
             out[f"region:{p.region}"] = Target(p.callback_url, p.callback_secret, p.batch_callbacks)
     for s in config.subscribers:
-        out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch)
+        out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch, s.format)
     return out
 
 
@@ -210,11 +226,10 @@ class Deliverer:
     async def _http(
         self, target: Target | None, events: list[EventRecord], batch: bool
     ) -> str | None:
-        """POST the events; None on a 2xx, else a short reason (never the payload)."""
+        """POST the events; None once acknowledged, else a short reason (never the payload)."""
         if target is None:
             return "recipient is not configured"
-        rendered = [render_event(e) for e in events]
-        body = orjson.dumps(rendered if batch else rendered[0])
+        body = target.render(events, batch, self.clock.now())
         url = target.url
         path = URL(url).raw_path_qs
         headers = sign_headers(self.key_id, target.secret, "POST", path, body)
@@ -223,8 +238,7 @@ class Deliverer:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout
             ) as resp:
-                await resp.read()
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+                return target.refusal(resp.status, await resp.read())
         except TimeoutError:
             return "timeout"
         except aiohttp.ClientError as exc:
