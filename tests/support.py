@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -25,6 +26,7 @@ from gateway.config import Config, parse
 from gateway.identifiers import id_check_char
 from gateway.signing import sign_headers
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
+from gateway.store import sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "contracts"
@@ -280,3 +282,20 @@ async def world(
         base = f"http://127.0.0.1:{gw_port}"
         yield World(gw, config, sims, hub, Client(session, base, ORIGIN),
                     Client(session, base, HANDLER), session)  # fmt: skip
+
+
+async def raw_sql(store_url: str, sql: str) -> None:
+    """Run one statement on the gateway's store behind its back (as an intruder, or a broken
+    store, would), on either backend."""
+    if store_url.startswith("sqlite:"):
+        db = sqlite3.connect(sqlite_path(store_url), isolation_level=None)
+        try:
+            db.execute(sql)
+        finally:
+            db.close()
+        return
+    conn = await import_asyncpg().connect(store_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -6,13 +6,9 @@ Tampering is done the way an intruder with database access would: straight SQL o
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
-from gateway.store import sqlite_path
 from tests.support import (
     HANDLER,
     OPERATOR_TOKEN,
@@ -20,6 +16,7 @@ from tests.support import (
     VIEWER_TOKEN,
     World,
     medical_filing,
+    raw_sql,
     wait_for,
     world,
 )
@@ -31,22 +28,6 @@ ADMIN = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 async def ops(w: World, method: str, path: str, body: Any = None, token: dict[str, str] = VIEWER):
     status, answer, _ = await w.origin.call(method, path, body, sign=False, headers=token)
     return status, answer
-
-
-async def tamper(store_url: str, sql: str) -> None:
-    """Change the store behind the gateway's back."""
-    if store_url.startswith("sqlite:"):
-        db = sqlite3.connect(sqlite_path(store_url), isolation_level=None)
-        try:
-            db.execute(sql)
-        finally:
-            db.close()
-        return
-    conn = await asyncpg.connect(store_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def completed_case(w: World, request_id: str) -> dict[str, Any]:
@@ -111,7 +92,7 @@ async def test_a_changed_event_is_found_and_named(tmp_path: Path, store_url: str
     async with world(tmp_path, store=store_url) as w:
         case = await completed_case(w, "ZJ-AUDIT-3")
         decision = case["history"][-1]["event_id"]
-        await tamper(
+        await raw_sql(
             store_url, f"UPDATE events SET outcome = 'denied' WHERE event_id = '{decision}'"
         )
         status, verdict = await ops(w, "GET", "/v1/ops/audit/verify")
@@ -131,11 +112,11 @@ async def test_a_removed_or_rewritten_entry_breaks_the_chain(
         case = await completed_case(w, "ZJ-AUDIT-4")
         _, trail = await ops(w, "GET", f"/v1/ops/audit/cases/{case['case_id']}")
         second, third = trail["entries"][1]["audit_id"], trail["entries"][2]["audit_id"]
-        await tamper(store_url, f"UPDATE audit SET actor = 'gateway' WHERE audit_id = {third}")
+        await raw_sql(store_url, f"UPDATE audit SET actor = 'gateway' WHERE audit_id = {third}")
         _, verdict = await ops(w, "GET", "/v1/ops/audit/verify")
         reason = "its hash does not match its fields (the entry was changed)"
         assert verdict["first_problem"] == {"audit_id": third, "reason": reason}
-        await tamper(store_url, f"DELETE FROM audit WHERE audit_id = {second}")
+        await raw_sql(store_url, f"DELETE FROM audit WHERE audit_id = {second}")
         _, verdict = await ops(w, "GET", "/v1/ops/audit/verify")
         assert verdict["first_problem"]["audit_id"] == third
         assert "removed or inserted" in verdict["first_problem"]["reason"]

@@ -8,7 +8,16 @@ from typing import Any
 
 from adapters.sdk import StatusUpdate
 from gateway.store.base import TransitionResult
-from tests.support import HANDLER, OPERATOR_TOKEN, ORIGIN, World, medical_filing, wait_for, world
+from tests.support import (
+    HANDLER,
+    OPERATOR_TOKEN,
+    ORIGIN,
+    World,
+    medical_filing,
+    raw_sql,
+    wait_for,
+    world,
+)
 
 
 async def _settled(w: World, case_id: str, status: str = "completed") -> bool:
@@ -235,3 +244,22 @@ async def test_partner_cannot_report_a_withdrawal(tmp_path: Path, store_url: str
         assert isinstance(result, TransitionResult) and not result.applied
         assert "may not report withdrawn" in result.reason
         assert (await w.origin.case(case_id))["status"] == "received"
+
+
+async def test_a_store_that_cannot_write_answers_503_and_the_retry_is_accepted_once(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
+        await raw_sql(
+            store_url, "ALTER TABLE events RENAME TO events_away"
+        )  # every write of a case now fails
+        body = medical_filing("ZJ-STORE-DOWN-1")
+        status, answer, headers = await w.origin.call("POST", "/v1/cases", body)
+        assert status == 503 and headers["Retry-After"] == "1", answer
+        assert "nothing was acknowledged" in answer["detail"]
+        await raw_sql(store_url, "ALTER TABLE events_away RENAME TO events")
+        status, case, _ = await w.origin.call("POST", "/v1/cases", body)
+        assert status == 202, case
+        status, again, _ = await w.origin.call("POST", "/v1/cases", body)
+        assert status == 200 and again["case_id"] == case["case_id"]
+        await wait_for(lambda: _settled(w, case["case_id"]), what="case completed")

@@ -23,7 +23,7 @@ from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.partner_ops import PartnerOps
 from gateway.service import CaseService
-from gateway.store.base import Store
+from gateway.store.base import Store, StoreWriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +303,13 @@ def _from_http(exc: web.HTTPException) -> errors.ApiError:
     return err
 
 
+UNAVAILABLE = errors.Unavailable(
+    "the store is unavailable and nothing was acknowledged; retry later (a repeated submission "
+    "with the same request_id is never accepted twice)",
+    headers={"Retry-After": "1"},
+)
+
+
 def _middleware(metrics: Metrics) -> Any:
     @web.middleware
     async def errors_as_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -316,6 +323,9 @@ def _middleware(metrics: Metrics) -> Any:
             response = problem(errors.TooLarge("the body is too large"))
         except web.HTTPException as exc:
             response = problem(_from_http(exc))
+        except StoreWriteFailed:
+            log.error("store write failed in %s", route)
+            response = problem(UNAVAILABLE)
         except Exception as exc:
             # Only the exception type and where it happened: the message could carry input.
             where = traceback.extract_tb(exc.__traceback__)[-1]

@@ -168,6 +168,12 @@ class AuditRecord:
         return self.item.digest
 
 
+class StoreWriteFailed(RuntimeError):
+    """A write could not be committed: the store is unreachable, closed, or refused it. Nothing
+    of it was written, unless the connection broke during the commit itself; either way the
+    caller was not told it succeeded, and a retry of an idempotent request is safe."""
+
+
 class VersionConflict(Exception):
     """A published version would be stored again with different content."""
 

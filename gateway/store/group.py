@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from gateway.store.base import StoreWriteFailed
+
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -49,7 +51,7 @@ class GroupCommit(Generic[Item, Result]):
         while not self._queue.empty():
             _, fut = self._queue.get_nowait()
             if not fut.done():
-                fut.set_exception(RuntimeError("store closed"))
+                fut.set_exception(StoreWriteFailed("store closed"))
 
     async def submit(self, item: Item) -> Result:
         fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -69,7 +71,7 @@ class GroupCommit(Generic[Item, Result]):
         except Exception:
             if len(group) == 1:
                 log.exception("store write failed")
-                _settle(group[0][1], exc=RuntimeError("store write failed"))
+                _settle(group[0][1], exc=StoreWriteFailed("store write failed"))
                 return
             for waiting in group:  # isolate the caller that broke the group
                 await self._commit([waiting])
