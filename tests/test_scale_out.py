@@ -33,8 +33,10 @@ from tests.support import (
     free_port,
     medical_filing,
     pg_schema,
+    raw_sql,
     simulator,
     wait_for,
+    world,
 )
 from tests.test_crash import GatewayProcess, gateway_toml
 
@@ -269,3 +271,19 @@ async def test_the_shared_nonce_memory_refuses_every_replay_once() -> None:
         finally:
             await a.close()
             await b.close()
+
+
+async def test_a_process_whose_store_is_unusable_is_not_ready_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    async with pg_schema() as dsn, world(tmp_path, store=dsn) as w:
+
+        async def ready_is(expected: int) -> bool:
+            async with w.session.get(w.origin.base + "/readyz") as r:
+                return r.status == expected
+
+        assert await ready_is(200)
+        await raw_sql(dsn, "ALTER TABLE schema_version RENAME TO schema_version_away")
+        await wait_for(lambda: ready_is(503), what="not ready while the schema is gone")
+        await raw_sql(dsn, "ALTER TABLE schema_version_away RENAME TO schema_version")
+        await wait_for(lambda: ready_is(200), what="ready again")

@@ -249,6 +249,7 @@ class PostgresStore:
         max_group: int = 512,
         timeout: float = 30.0,
         nonce_window: float = 2 * WINDOW_SECONDS,
+        check_interval: float = 2.0,
     ) -> None:
         self.dsn = dsn
         self.pool_size = pool_size
@@ -263,6 +264,8 @@ class PostgresStore:
             self._remember_nonces, max_group=1000
         )
         self._nonce_sweep = 0.0
+        self.check_interval = check_interval  # how often readiness is checked against the server
+        self._checker: asyncio.Task[None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -285,7 +288,27 @@ class PostgresStore:
             raise
         self._group.start("postgres-group-commit")
         self._nonces.start("postgres-nonces")
+        self._checker = asyncio.create_task(self._check_loop(), name="postgres-readiness")
         self.ready = True
+
+    async def _check_loop(self) -> None:
+        """Keep ``ready`` true only while the server answers and the schema is there, so that a
+        load balancer stops sending requests to a process whose store is gone."""
+        while True:
+            await asyncio.sleep(self.check_interval)
+            try:
+                async with asyncio.timeout(2 * self.check_interval):
+                    await self._db.fetchval("SELECT max(version) FROM schema_version")
+                usable = True
+            except Exception as exc:  # whatever the driver raises: the store is not usable
+                usable = False
+                reason = type(exc).__name__
+            if usable != self.ready:
+                if usable:
+                    log.warning("the PostgreSQL store answers again: ready")
+                else:
+                    log.error("the PostgreSQL store does not answer (%s): not ready", reason)
+            self.ready = usable
 
     @staticmethod
     async def _migrate(con: Any) -> None:
@@ -298,6 +321,10 @@ class PostgresStore:
 
     async def close(self) -> None:
         self.ready = False
+        if self._checker is not None:
+            self._checker.cancel()
+            await asyncio.gather(self._checker, return_exceptions=True)
+            self._checker = None
         await self._group.stop()
         await self._nonces.stop()
         if self._pool is not None:
