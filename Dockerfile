@@ -1,6 +1,8 @@
 # The gateway with its embedded SQLite store. Mount a volume on /app/var to keep the data, and a
 # configuration file to leave the demo:  docker run -v $PWD/gw.toml:/etc/tongban.toml \
 #   -v tongban-var:/app/var -p 8080:8080 tongban serve --config /etc/tongban.toml
+# With store = "postgresql://…" in that file (the driver is installed), run as many containers as
+# you like on one database; /readyz tells a load balancer which of them can take requests.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
