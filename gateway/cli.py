@@ -6,13 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from gateway import contracts_cli
+from gateway import contracts_cli, logs
 from gateway.config import Config, ConfigError, demo_config, load
 from gateway.store import StoreUnavailable
 
@@ -86,6 +85,10 @@ async def _demo(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tongban", description="跨省通办 interoperability gateway")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="text lines (default) or JSON lines for a log collector",
+    )  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (no --config: the bundled demo)")
@@ -139,15 +142,7 @@ def run_event_loop(main: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # aiosqlite logs every statement with its parameters at DEBUG: parameters can be a person's
-    # data, which must never reach a log, whatever the log level.
-    logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    logs.configure(args.log_level, args.log_format)
     if args.command == "openapi":
         from gateway import __version__
         from gateway.http.openapi import build

@@ -22,6 +22,7 @@ import orjson
 from yarl import URL
 
 from adapters import report_envelope
+from gateway import logs
 from gateway.clock import Clock, iso
 from gateway.config import Config, RecipientFormat, RetryPolicy
 from gateway.retry import Circuit, backoff
@@ -178,8 +179,9 @@ class Deliverer:
             await self.store.write(ops, self.clock.now())
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("delivery to %s failed unexpectedly; leases will expire", recipient)
+        except Exception as exc:
+            log.error("delivery to %s failed unexpectedly (%s); leases will expire", recipient,
+                      logs.failure(exc))  # fmt: skip
         finally:
             state.inflight -= 1
             self.signal.set()

@@ -36,6 +36,7 @@ from adapters.sdk import (
     Outcome,
     Retryable,
 )
+from gateway import logs
 from gateway.clock import Clock
 from gateway.config import RetryPolicy
 from gateway.ids import new_id
@@ -149,8 +150,9 @@ class Dispatcher:
             await self._compensate(job, ops, results)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("dispatch job %s failed unexpectedly; its lease will expire", job.job_id)
+        except Exception as exc:
+            log.error("dispatch job %s failed unexpectedly (%s); its lease will expire",
+                      job.job_id, logs.failure(exc))  # fmt: skip
 
     async def _process(
         self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot

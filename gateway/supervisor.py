@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from gateway import logs
+
 log = logging.getLogger(__name__)
 
 
@@ -29,9 +31,10 @@ class Supervisor:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.restarts[name] = self.restarts.get(name, 0) + 1
-                log.exception("background task %s crashed; restarting in %.1fs", name, delay)
+                log.error("background task %s crashed (%s); restarting in %.1fs", name,
+                          logs.failure(exc), delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(self._max_delay, delay * 2)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +15,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway import errors, models
+from gateway import errors, logs, models
 from gateway.audit_ops import AuditOps
 from gateway.contract_ops import ContractOps
 from gateway.http.auth import Authenticator
@@ -328,9 +327,7 @@ def _middleware(metrics: Metrics) -> Any:
             response = problem(UNAVAILABLE)
         except Exception as exc:
             # Only the exception type and where it happened: the message could carry input.
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("unhandled %s at %s:%d in %s", type(exc).__name__, where.filename,
-                      where.lineno, route)  # fmt: skip
+            log.error("unhandled %s in %s", logs.failure(exc), route)
             response = problem(errors.ApiError("an internal error occurred; nothing was changed"))
         metrics.http.labels(route, str(response.status)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
+from gateway import logs
 from gateway.store.base import StoreWriteFailed
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,9 @@ class GroupCommit(Generic[Item, Result]):
     async def _commit(self, group: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
             results = await self._transaction([item for item, _ in group])
-        except Exception:
+        except Exception as exc:
             if len(group) == 1:
-                log.exception("store write failed")
+                log.error("store write failed (%s)", logs.failure(exc))
                 _settle(group[0][1], exc=StoreWriteFailed("store write failed"))
                 return
             for waiting in group:  # isolate the caller that broke the group
