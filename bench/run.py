@@ -66,7 +66,6 @@ KEYS = {
 }
 CALLBACK = {ORIGIN: "zj-bench-callback-01", HANDLER: "sc-bench-callback-01"}
 HUB_SECRET = "hub-bench-secret-0001"
-EVENTS_PER_CASE = 5  # received, dispatched, accepted, in_progress, completed
 ACCEPT_RATIO_BAR = 0.3
 E2E_BAR = 300.0
 LISTENING = "tongban gateway listening on"  # what `tongban serve` prints once it serves
@@ -551,10 +550,10 @@ def _receivers_done(world: World, expected: int) -> tuple[bool, dict[str, dict[s
         region: get_json(world.sim_urls[region] + "/bench/totals")
         for region in (ORIGIN, HUB_REGION)
     }
-    done = all(
-        t["total"] >= expected * EVENTS_PER_CASE and t["completed"] >= expected
-        for t in totals.values()
-    )
+    # A receiver gets each case's events in order, so a case whose last event it holds is
+    # ``completed`` has had all of them. (Not a count of five per case: a partner's report that
+    # overtakes the dispatch answer, as it may with several processes, leaves no ``dispatched``.)
+    done = all(t["completed"] >= expected for t in totals.values())
     return done, totals
 
 
@@ -719,7 +718,7 @@ def report(result: dict[str, Any]) -> str:
             posts = f"{e['delivery_posts_ok']:.0f} / {e['delivery_posts_failed']:.0f}"
         lines += [
             "",
-            f"End to end ({e['accepted']} cases; origin and hub each get all 5 events of each)",
+            f"End to end ({e['accepted']} cases; origin and hub each get every event of each)",
             _row("cases carried end to end per second", f"{e['cases_per_second']:.0f}",
                  f"bar >= {E2E_BAR:.0f}: {mark[bars['e2e']['ok']]}"),
             _row("time until everything was delivered (s)", f"{e['seconds']:.2f}",
