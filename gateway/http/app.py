@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from gateway import errors, logs, models
 from gateway.audit_ops import AuditOps
 from gateway.contract_ops import ContractOps
+from gateway.http import docs
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.partner_ops import PartnerOps
@@ -220,6 +221,13 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
     async def openapi(request: web.Request) -> web.Response:
         return json(d.openapi())
 
+    page: list[str] = []  # the rendered docs, once
+
+    async def api_docs(request: web.Request) -> web.Response:
+        if not page:
+            page.append(docs.render(d.openapi()))
+        return web.Response(text=page[0], content_type="text/html", charset="utf-8")
+
     return {
         name: fn for name, fn in locals().items() if callable(fn) and name not in ("s", "a", "d")
     }
@@ -283,6 +291,7 @@ ROUTES: tuple[Route, ...] = (
           "none"),
     Route("GET", "/metrics", "metrics", "Prometheus metrics", "none"),
     Route("GET", "/openapi.json", "openapi", "This API as OpenAPI 3.1", "none"),
+    Route("GET", "/docs", "api_docs", "This API as a page to read", "none"),
 )  # fmt: skip
 
 
