@@ -208,6 +208,8 @@ class CaseSummary(BaseModel):
     outcome: str | None
     created_at: str
     updated_at: str
+    deadline: str | None = Field(description="when the time limit (承诺时限) runs out")
+    overdue: bool = Field(description="past the deadline and not decided")
 
 
 class CaseList(BaseModel):

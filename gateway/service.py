@@ -314,8 +314,9 @@ class CaseService:
         limit = max(1, min(limit, MAX_PAGE))
         flt = CaseFilter(region=caller.region, status=status, item_code=item_code)
         rows = await self.store.list_cases(flt, limit, cursor)
+        now = self.clock.now()
         return {
-            "cases": [_summary(c) for c in rows],
+            "cases": [_summary(c, now) for c in rows],
             "next": rows[-1].case_id if len(rows) == limit else None,
         }
 
@@ -559,7 +560,7 @@ def render_event(e: EventRecord) -> dict[str, Any]:
     }
 
 
-def _summary(c: CaseRecord) -> dict[str, Any]:
+def _summary(c: CaseRecord, now: float) -> dict[str, Any]:
     return {
         "case_id": c.case_id,
         "request_id": c.request_id,
@@ -571,6 +572,8 @@ def _summary(c: CaseRecord) -> dict[str, Any]:
         "outcome": c.outcome,
         "created_at": iso(c.created_at),
         "updated_at": iso(c.updated_at),
+        "deadline": iso(c.deadline) if c.deadline else None,
+        "overdue": lifecycle.overdue(c.status, c.deadline, c.paused_at, now),
     }
 
 
@@ -589,13 +592,11 @@ def _render_leg(i: int, leg: Mapping[str, Any]) -> dict[str, Any]:
 def render_case(d: CaseDetail, now: float) -> dict[str, Any]:
     c = d.case
     return {
-        **_summary(c),
+        **_summary(c, now),
         "mode": c.mode,
         "result": c.result,
         "partner_ref": c.partner_ref,
-        "deadline": iso(c.deadline) if c.deadline else None,
         "time_limit_stopped": c.paused_at is not None,
-        "overdue": lifecycle.overdue(c.status, c.deadline, c.paused_at, now),
         "legs": [_render_leg(i, leg) for i, leg in enumerate(c.legs)] or None,
         "history": [render_event(e) for e in d.events],
         "deliveries": [

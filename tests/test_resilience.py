@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -263,3 +264,30 @@ async def test_a_store_that_cannot_write_answers_503_and_the_retry_is_accepted_o
         status, again, _ = await w.origin.call("POST", "/v1/cases", body)
         assert status == 200 and again["case_id"] == case["case_id"]
         await wait_for(lambda: _settled(w, case["case_id"]), what="case completed")
+
+
+async def test_an_open_case_past_its_deadline_is_counted_overdue_for_monitoring(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
+        w.sims[HANDLER].set_down(True)  # the case stays open at the gateway
+
+        async def overdue() -> float:
+            async with w.session.get(w.origin.base + "/metrics") as r:
+                text = await r.text()
+            found = re.search(r'^tongban_store\{what="cases_overdue"\} (\S+)$', text, re.M)
+            assert found, "no cases_overdue gauge"
+            return float(found.group(1))
+
+        case_id = await _submit(w, "ZJ-OVERDUE-1")
+        assert await overdue() == 0
+        # Its time limit ran out long ago (as if the handler had sat on it for weeks).
+        await raw_sql(store_url, f"UPDATE cases SET deadline = 1000 WHERE case_id = '{case_id}'")
+        assert await overdue() == 1
+        assert (await w.origin.case(case_id))["overdue"] is True
+        status, page, _ = await w.origin.call("GET", "/v1/cases")
+        assert status == 200 and [c["overdue"] for c in page["cases"]] == [True]
+        status, _, _ = await w.origin.call("POST", f"/v1/cases/{case_id}/withdraw",
+                                           {"reason": "申请人撤回"})  # fmt: skip
+        assert status == 200
+        assert await overdue() == 0  # a withdrawn case is decided: no longer overdue

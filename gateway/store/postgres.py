@@ -57,6 +57,7 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    OVERDUE_INDEX,
     QUEUES_SQL,
     audit_from_row,
     case_from_row,
@@ -65,6 +66,7 @@ from gateway.store.rows import (
     event_from_row,
     event_row,
     job_from_row,
+    overdue_sql,
     queues_from_rows,
 )
 
@@ -207,6 +209,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
+    OVERDUE_INDEX,
 ]
 
 _INSERT_CASE = (
@@ -739,12 +742,14 @@ class PostgresStore:
                 "SELECT count(*), coalesce(sum(head_seq - acked_seq), 0) FROM cursors "
                 "WHERE head_seq > acked_seq"
             )
+            overdue = await con.fetchval(overdue_sql("$1::float8"), now)
         return {
             "jobs_pending": float(pending[0]),
             "jobs_oldest_pending_seconds": now - pending[1] if pending[1] else 0.0,
             "jobs_dead": float(dead),
             "deliveries_waiting_cases": float(waiting[0]),
             "deliveries_waiting_events": float(waiting[1]),
+            "cases_overdue": float(overdue),
         }
 
 

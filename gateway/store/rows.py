@@ -141,3 +141,17 @@ def queues_from_rows(rows: Sequence[Sequence[Any]], now: float) -> dict[str, dic
         else:
             q["dead"] = float(count)
     return out
+
+
+# Open cases past their deadline; a case waiting for a supplement counts only if its clock had
+# run out before it stopped (as :func:`gateway.lifecycle.overdue` decides for one case).
+_OPEN = "status NOT IN ('completed', 'rejected', 'withdrawn')"
+OVERDUE_INDEX = f"CREATE INDEX cases_open_deadline ON cases (deadline) WHERE {_OPEN}"
+
+
+def overdue_sql(now: str) -> str:
+    """The count of overdue cases, ``now`` being the dialect's placeholder for the time."""
+    return (
+        f"SELECT count(*) FROM cases WHERE {_OPEN} AND deadline < {now} "
+        f"AND coalesce(paused_at, {now}) > deadline"
+    )

@@ -51,6 +51,7 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    OVERDUE_INDEX,
     QUEUES_SQL,
     audit_from_row,
     case_from_row,
@@ -59,6 +60,7 @@ from gateway.store.rows import (
     event_from_row,
     event_row,
     job_from_row,
+    overdue_sql,
     queues_from_rows,
 )
 
@@ -194,6 +196,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
+    OVERDUE_INDEX,
 ]
 
 
@@ -712,6 +715,9 @@ class SqliteStore:
             row = await cur.fetchone()
         out["deliveries_waiting_cases"] = float(row[0]) if row else 0.0
         out["deliveries_waiting_events"] = float(row[1]) if row else 0.0
+        async with db.execute(overdue_sql("?"), (now, now)) as cur:
+            row = await cur.fetchone()
+        out["cases_overdue"] = float(row[0]) if row else 0.0
         return out
 
 
