@@ -299,3 +299,11 @@ async def raw_sql(store_url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def verified_audit(client: Client) -> dict[str, Any]:
+    """The audit chain's verification through the operator API; it must hold."""
+    token = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+    status, verdict, _ = await client.call("GET", "/v1/ops/audit/verify", sign=False, headers=token)
+    assert status == 200 and verdict["verified"] is True, verdict
+    return dict(verdict)
