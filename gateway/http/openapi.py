@@ -78,7 +78,7 @@ def _operation(r: Route) -> dict[str, Any]:
         content = {"application/json": {"schema": _ref(model)}} if model else {}
         responses[str(status)] = {"description": "OK", **({"content": content} if content else {})}
     problem = {"application/problem+json": {"schema": _ref(Problem)}}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429):
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503):
         responses[str(status)] = {"description": "problem", "content": problem}
     op["responses"] = responses
     return op
