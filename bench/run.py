@@ -190,7 +190,7 @@ def write_config(
 
 
 async def _pg(dsn: str, sql: str, fetch: bool, seconds: float) -> Any:
-    from gateway.store.postgres import import_asyncpg  # asyncpg is optional: SQLite runs lack it
+    from adapters.frontdb_exchange import import_asyncpg  # optional: SQLite runs lack it
 
     con = await import_asyncpg().connect(dsn, timeout=seconds)
     try:

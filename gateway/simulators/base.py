@@ -202,17 +202,23 @@ async def send_until_acknowledged(
     up: asyncio.Event,
     rng: random.Random,
     counters: dict[str, int],
+    items: int,
+    noun: str = "reports",
 ) -> None:
-    """Call ``post`` until it succeeds, with jittered exponential backoff between tries.
+    """Call ``post`` (one message of ``items`` reports or notices) until it succeeds, with
+    jittered exponential backoff between tries.
 
     Nothing is dropped: a partner's report must reach the gateway however long that takes, and
     while the partner is down (``up`` cleared) it sends nothing at all. Failures are counted in
-    ``counters["send_failures"]``.
+    ``counters["send_failures"]``; the message, once through, in ``counters["messages_sent"]``
+    and its items in ``counters[f"{noun}_sent"]``.
     """
     delay = settings.retry_backoff
     while True:
         await up.wait()  # a platform that is down sends nothing
         if await post():
+            counters["messages_sent"] += 1
+            counters[f"{noun}_sent"] += items
             return
         counters["send_failures"] += 1
         await asyncio.sleep(delay * (0.5 + rng.random() / 2))

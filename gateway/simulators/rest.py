@@ -390,9 +390,8 @@ class ProvinceSimulator(LoopbackServer):
             up=self._up,
             rng=self._rng,
             counters=self.counters,
+            items=len(batch),
         )
-        self.counters["messages_sent"] += 1
-        self.counters["reports_sent"] += len(batch)
 
     def _encode_reports(self, batch: list[dict[str, Any]]) -> bytes:
         return orjson.dumps({"reports": batch})

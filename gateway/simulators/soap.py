@@ -587,9 +587,8 @@ class SoapProvinceSimulator(LoopbackServer):
             up=self._up,
             rng=self._rng,
             counters=self.counters,
+            items=len(batch),
         )
-        self.counters["messages_sent"] += 1
-        self.counters["reports_sent"] += len(batch)
 
     def encode_reports(self, batch: list[ET.Element]) -> bytes:
         """One ``ReportStatus`` call carrying ``batch``, as the HTTP body."""

@@ -393,9 +393,9 @@ class TicketProvinceSimulator(LoopbackServer):
             up=self._up,
             rng=self._rng,
             counters=self.counters,
+            items=len(batch),
+            noun="notices",
         )
-        self.counters["messages_sent"] += 1
-        self.counters["notices_sent"] += len(batch)
 
     async def _post(self, batch: list[dict[str, Any]]) -> bool:
         if self._session is None or not self.settings.gateway_url:

@@ -231,16 +231,6 @@ _INSERT_JOB = (
 )
 
 
-def import_asyncpg() -> Any:
-    """asyncpg, imported on first need: it is an optional dependency (``[postgres]``)."""
-    try:
-        return importlib.import_module("asyncpg")
-    except ImportError:
-        raise RuntimeError(
-            "a postgresql:// store needs asyncpg: pip install 'tongban-gateway[postgres]'"
-        ) from None
-
-
 class PostgresStore:
     """:class:`gateway.store.base.Store` on PostgreSQL."""
 
@@ -273,7 +263,9 @@ class PostgresStore:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        asyncpg = import_asyncpg()
+        # An optional dependency ([postgres]), imported on first need; the configuration has
+        # already refused a postgresql:// store where it is missing, naming the package.
+        asyncpg = importlib.import_module("asyncpg")
         self._pool = await asyncpg.create_pool(
             self.dsn,
             min_size=1,
