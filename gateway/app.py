@@ -152,7 +152,7 @@ class Gateway:
         return Dispatcher(
             store=store, service=service, partners=slots, clock=self.clock, retry=g.retry,
             lease=g.lease_seconds, owner=self.owner, poll_interval=self.poll_interval,
-            on_outcome=self.metrics.on_dispatch,
+            batch=g.dispatch_batch, on_outcome=self.metrics.on_dispatch,
         )  # fmt: skip
 
     def _http(self, service: CaseService) -> web.Application:

@@ -57,7 +57,7 @@ class GatewaySection(_Section):
     request_timeout_seconds: float = Field(15.0, gt=0, description="every partner/recipient call")
     callback_key_id: str = "tongban-gateway"
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    dispatch_batch: int = Field(64, ge=1)
+    dispatch_batch: int = Field(64, ge=1, description="dispatch jobs one claim round takes at most")
     delivery_batch: int = Field(100, ge=1, description="events per callback when batching")
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     store_pool_size: int = Field(10, ge=2, le=500, description="PostgreSQL connections at most")

@@ -8,6 +8,8 @@ blip without a round trip through the store; the store carries the long retry.
 
 Concurrency is bounded per partner: the dispatcher never claims more jobs for a partner than it
 has free call slots, so leased jobs do not wait behind a slow partner while their lease runs out.
+One claim round takes at most ``gateway.dispatch_batch`` jobs, shared out among the partners in
+turn, so one store round stays short however many partners have free slots.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -87,6 +90,7 @@ class Dispatcher:
         lease: float,
         owner: str,
         poll_interval: float = 0.5,
+        batch: int = 64,
         on_outcome: Any = None,
     ) -> None:
         self.store = store
@@ -97,6 +101,7 @@ class Dispatcher:
         self.lease = lease
         self.owner = owner
         self.poll_interval = poll_interval
+        self.batch = batch
         self.signal = Signal()
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_outcome = on_outcome or (lambda region, kind: None)
@@ -107,25 +112,28 @@ class Dispatcher:
     async def run(self) -> None:
         try:
             while True:
-                if await self._claim() < FULL_ROUND:
+                if not await self._claim():
                     await self.signal.wait(self.poll_interval, LINGER)
         finally:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _claim(self) -> int:
+    async def _claim(self) -> bool:
+        """Claim and start one round of jobs; True if a partner's quota was filled, so more may
+        be waiting for it and the next round goes at once."""
         now = self.clock.now()
-        quotas = {
+        free = {
             region: slot.concurrency - slot.inflight
             for region, slot in self.partners.items()
             if not slot.paused and slot.circuit.allows(now)
         }
-        if not any(q > 0 for q in quotas.values()):
-            return 0
+        quotas = share(free, self.batch)
+        if not quotas:
+            return False
         jobs = await self.store.claim_jobs(self.owner, now, self.lease, quotas)
         if not jobs:
-            return 0
+            return False
         cases = await self.store.cases([j.case_id for j in jobs])
         for job in jobs:
             slot = self.partners[job.region]
@@ -133,7 +141,8 @@ class Dispatcher:
             task = asyncio.create_task(self._run_job(job, cases.get(job.case_id), slot))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return len(jobs)
+        claimed = Counter(j.region for j in jobs)
+        return any(claimed[region] >= quota for region, quota in quotas.items())
 
     async def _run_job(self, job: JobRecord, case: CaseRecord | None, slot: PartnerSlot) -> None:
         try:
@@ -281,6 +290,21 @@ class Dispatcher:
         return canonical(case, attachments)
 
 
-FULL_ROUND = 64  # a round that claimed this many goes again at once
+def share(free: Mapping[str, int], budget: int) -> dict[str, int]:
+    """Split ``budget`` claims among the partners by their free slots, one each in turn, so a
+    partner with many free slots cannot take a whole round; partners with none are left out."""
+    out = dict.fromkeys((r for r, n in free.items() if n > 0), 0)
+    while budget > 0:
+        took = False
+        for region in out:
+            if budget > 0 and out[region] < free[region]:
+                out[region] += 1
+                budget -= 1
+                took = True
+        if not took:
+            break
+    return out
+
+
 LINGER = 0.005  # seconds to let work gather after a wake-up
 _NOTHING_TO_SEND = frozenset({"completed", "rejected", "withdrawn"})
