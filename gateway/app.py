@@ -171,7 +171,9 @@ class Gateway:
                 self.store, self.registry, self.clock,
                 frozenset(s.name for s in self.config.subscribers),
             ),
-            partners=PartnerOps(self.config, self.store, self.dispatcher.partners, self.clock),
+            partners=PartnerOps(
+                self.config, self.store, self.dispatcher.partners, self.clock, self.dispatcher.wake
+            ),
             audit=AuditOps(self.store),
             adapter_kinds=self.adapter_kinds,
         )  # fmt: skip

@@ -74,7 +74,6 @@ class PartnerSlot:
     concurrency: int
     mask: MaskingFilter = field(default_factory=MaskingFilter)
     inflight: int = 0
-    paused: bool = False
     circuit: Circuit = field(default_factory=Circuit)
 
 
@@ -126,7 +125,7 @@ class Dispatcher:
         free = {
             region: slot.concurrency - slot.inflight
             for region, slot in self.partners.items()
-            if not slot.paused and slot.circuit.allows(now)
+            if slot.circuit.allows(now)  # a paused partner's jobs are not claimed (the store)
         }
         quotas = share(free, self.batch)
         if not quotas:

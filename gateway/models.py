@@ -117,7 +117,7 @@ class AuditEntry(BaseModel):
 
     audit_id: int
     at: str
-    kind: str = Field(description="event, ignored, replay or revision")
+    kind: str = Field(description="event, ignored, replay, revision, pause or resume")
     case_id: str | None
     ref: str = Field(description="the event id, the ignored status, or the revision number")
     actor: str = Field(description="origin:REGION, partner:REGION, gateway, or an operator")

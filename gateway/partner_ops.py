@@ -1,13 +1,14 @@
 """Operators watching partners: health (circuit, queue, counts, last error) and pause/resume.
 
-Pausing stops new calls to a partner (its jobs wait, nothing is lost) and is kept in this
-process's memory: a restart resumes every partner.
+Pausing stops new calls to a partner (its jobs wait, nothing is lost). A pause is kept in the
+store, so it holds in every gateway process sharing it and across restarts, until an operator
+resumes the partner; both acts are entries of the audit chain, with the operator's name.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from gateway import errors
 from gateway.clock import Clock, iso
 from gateway.config import Config
 from gateway.dispatcher import PartnerSlot
-from gateway.store.base import Store
+from gateway.store.base import Pause, PauseRecord, Store
 
 
 @dataclass
@@ -25,11 +26,13 @@ class PartnerOps:
     store: Store
     partners: Mapping[str, PartnerSlot]
     clock: Clock
+    wake: Callable[[], None] = lambda: None  # the dispatcher, when a partner is resumed
 
     async def health(self) -> dict[str, Any]:
         now = self.clock.now()
         queues = await self.store.queues(now)
-        reports = [self._one(p.region, p.name, queues, now) for p in self.config.partners]
+        paused = await self.store.paused_partners()
+        reports = [self._one(p.region, p.name, queues, paused, now) for p in self.config.partners]
         for report in reports:
             slot = self.partners.get(report["region"])
             if slot is not None and isinstance(slot.adapter, HealthReporting):
@@ -37,7 +40,12 @@ class PartnerOps:
         return {"partners": reports}
 
     def _one(
-        self, region: str, name: str, queues: Mapping[str, Mapping[str, float]], now: float
+        self,
+        region: str,
+        name: str,
+        queues: Mapping[str, Mapping[str, float]],
+        paused: Mapping[str, PauseRecord],
+        now: float,
     ) -> dict[str, Any]:
         slot = self.partners.get(region)
         q = queues.get(region, {})
@@ -51,8 +59,12 @@ class PartnerOps:
         }
         if slot is not None:
             c = slot.circuit
+            pause = paused.get(region)
             report.update({
-                "paused": slot.paused, "circuit": c.state(now), "in_flight": slot.inflight,
+                "paused": pause is not None,
+                "paused_at": iso(pause.paused_at) if pause else None,
+                "paused_by": pause.paused_by if pause else None,
+                "circuit": c.state(now), "in_flight": slot.inflight,
                 "successes": c.successes, "errors": c.errors, "last_error": c.last_error,
                 "retry_at": iso(c.open_until) if c.open_until > now else None,
             })  # fmt: skip
@@ -61,11 +73,13 @@ class PartnerOps:
     def kinds(self, registry: Mapping[str, type[Any]]) -> dict[str, Any]:
         return {"adapters": [describe(cls) for _, cls in sorted(registry.items())]}
 
-    def pause(self, region: str, paused: bool) -> dict[str, Any]:
-        slot = self.partners.get(region)
-        if slot is None:
+    async def pause(self, region: str, paused: bool, by: str = "") -> dict[str, Any]:
+        """Pause (or resume) a partner for every process; a repeat changes nothing."""
+        if region not in self.partners:
             raise errors.NotFound(f"no handling partner {region}")
-        slot.paused = paused
+        await self.store.write([Pause(region, paused, by)], self.clock.now())
+        if not paused:
+            self.wake()
         return {"region": region, "paused": paused}
 
 

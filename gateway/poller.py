@@ -41,7 +41,7 @@ class Poller:
         adapter = slot.adapter
         assert isinstance(adapter, PollingAdapter)
         while True:
-            if not slot.paused:
+            if region not in await self.store.paused_partners():
                 await self.poll_once(region, slot)
             await asyncio.sleep(adapter.poll_interval)
 

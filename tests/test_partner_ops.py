@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from tests.support import (
     HANDLER,
     OPERATOR_TOKEN,
+    ORIGIN,
     VIEWER_TOKEN,
     World,
     medical_filing,
+    verified_audit,
     wait_for,
     world,
 )
@@ -92,3 +95,53 @@ async def test_an_adapter_health_report_joins_the_partner_health(tmp_path: Path)
     finally:
         await gw.stop()
         await sim.stop()
+
+
+def westward_filing(request_id: str) -> dict[str, Any]:
+    """A filing the other way: Sichuan's insured person, handled by Zhejiang (not paused)."""
+    body = medical_filing(request_id)
+    body["payload"].update(insured_region="330100", treatment_region="510100")
+    return body
+
+
+async def partner(w: World, region: str) -> dict[str, Any]:
+    _, health, _ = await ops(w, "GET", "/v1/ops/partners", VIEWER)
+    return next(p for p in health["partners"] if p["region"] == region)
+
+
+async def test_a_pause_is_kept_in_the_store_across_a_restart_and_audited(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        status, _, _ = await ops(w, "POST", f"/v1/ops/partners/{HANDLER}/pause")
+        assert status == 200
+    async with world(tmp_path) as w:  # a new gateway on the same store
+        mine = await partner(w, HANDLER)
+        assert mine["paused"] is True and mine["paused_by"] == "ops" and mine["paused_at"]
+        status, held, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-HELD"))
+        assert status == 202
+        status, other, _ = await w.handler.call("POST", "/v1/cases", westward_filing("SC-GOES"))
+        assert status == 202 and other["handling_region"] == ORIGIN
+
+        async def other_sent() -> bool:
+            return bool((await w.handler.case(other["case_id"]))["status"] != "received")
+
+        # The dispatcher claimed after the held case was queued: it passed the paused partner.
+        await wait_for(other_sent, what="the case for the partner that is not paused sent")
+        assert (await w.origin.case(held["case_id"]))["status"] == "received"
+        assert w.sims[HANDLER].counters["submits"] == 0
+        status, _, _ = await ops(w, "POST", f"/v1/ops/partners/{HANDLER}/resume")
+        assert status == 200
+
+        async def completed() -> bool:
+            return bool((await w.origin.case(held["case_id"]))["status"] == "completed")
+
+        await wait_for(completed, what="the held case completed after resume")
+        assert (await partner(w, HANDLER))["paused"] is False
+        await verified_audit(w.origin)
+    db = sqlite3.connect(tmp_path / "gw.db")
+    try:
+        rows = db.execute(
+            "SELECT kind, ref, actor FROM audit WHERE kind IN ('pause', 'resume') ORDER BY audit_id"
+        ).fetchall()
+    finally:
+        db.close()
+    assert rows == [("pause", HANDLER, "ops"), ("resume", HANDLER, "ops")]

@@ -286,3 +286,39 @@ async def test_a_process_whose_store_is_unusable_is_not_ready_until_it_is_back(
         await wait_for(lambda: ready_is(503), what="not ready while the schema is gone")
         await raw_sql(dsn, "ALTER TABLE schema_version_away RENAME TO schema_version")
         await wait_for(lambda: ready_is(200), what="ready again")
+
+
+async def test_a_pause_asked_of_one_process_holds_in_the_other(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as c:
+        pause = f"/v1/ops/partners/{HANDLER}/pause"
+        status, _, _ = await c.to_a.call("POST", pause, sign=False, headers=OPERATOR)
+        assert status == 200
+        status, held, _ = await c.to_b.call("POST", "/v1/cases", medical_filing("ZJ-HELD"))
+        assert status == 202
+        # Cases the other way (to the partner that is not paused), through both processes: once
+        # each process has made a call, each has claimed after the held case was queued.
+        westward = [Client(c.to_a.session, p.base, HANDLER) for p in (c.to_a, c.to_b)]
+        for i in range(6):
+            body = medical_filing(f"SC-GOES-{i}")
+            body["payload"].update(insured_region="330100", treatment_region="510100")
+            status, case, _ = await westward[i % 2].call("POST", "/v1/cases", body)
+            assert status == 202, case
+
+        async def both_called() -> bool:
+            return all([await _dispatch_calls(p) > 0 for p in (c.to_a, c.to_b)])
+
+        await wait_for(both_called, within=30, what="a partner call made by each process")
+        assert (await c.to_b.case(held["case_id"]))["status"] == "received"
+        assert c.sims[HANDLER].counters["submits"] == 0
+        _, health, _ = await c.to_b.call("GET", "/v1/ops/partners", sign=False, headers=OPERATOR)
+        mine = next(p for p in health["partners"] if p["region"] == HANDLER)
+        assert mine["paused"] is True and mine["paused_by"] == "ops"
+        resume = f"/v1/ops/partners/{HANDLER}/resume"
+        status, _, _ = await c.to_b.call("POST", resume, sign=False, headers=OPERATOR)
+        assert status == 200
+
+        async def completed() -> bool:
+            return bool((await c.to_a.case(held["case_id"]))["status"] == "completed")
+
+        await wait_for(completed, within=30, what="the held case completed after resume")
+        await verified_audit(c.to_a)

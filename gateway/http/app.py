@@ -143,12 +143,14 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
         return json(d.partners.kinds(d.adapter_kinds))
 
     async def partner_pause(request: web.Request) -> web.Response:
-        a.operator(request, "operator")
-        return json(d.partners.pause(request.match_info["region"], True))
+        caller = a.operator(request, "operator")
+        region = request.match_info["region"]
+        return json(await d.partners.pause(region, True, caller.operator or ""))
 
     async def partner_resume(request: web.Request) -> web.Response:
-        a.operator(request, "operator")
-        return json(d.partners.pause(request.match_info["region"], False))
+        caller = a.operator(request, "operator")
+        region = request.match_info["region"]
+        return json(await d.partners.pause(region, False, caller.operator or ""))
 
     async def dead_letters(request: web.Request) -> web.Response:
         a.operator(request, "viewer")

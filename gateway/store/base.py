@@ -141,7 +141,7 @@ class AuditItem:
     """What one audit entry records (see :mod:`gateway.audit`)."""
 
     at: float
-    kind: str  # "event", "ignored", "replay", "revision"
+    kind: str  # "event", "ignored", "replay", "revision", "pause", "resume"
     case_id: str | None
     ref: str  # the event id, the revision number, …
     actor: str  # who caused it: "origin:330000", "partner:510000", "gateway", an operator
@@ -285,7 +285,24 @@ class Replay:
     by: str = ""  # the operator who asked
 
 
-Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay | Enqueue
+@dataclass(frozen=True)
+class Pause:
+    """Stop calls to a handling partner (``paused``) or start them again, in every process that
+    shares the store: jobs are claimed only for partners that are not paused."""
+
+    region: str
+    paused: bool
+    by: str = ""  # the operator who asked
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    region: str
+    paused_at: float
+    paused_by: str
+
+
+Op = Submit | Transition | FinishJob | Ack | DeliveryFailed | Replay | Enqueue | Pause
 OpResult = SubmitResult | TransitionResult | int | None
 
 
@@ -360,6 +377,10 @@ class Store(Protocol):
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         """Does ``region`` handle a case that carries this attachment?"""
+        ...
+
+    async def paused_partners(self) -> dict[str, PauseRecord]:
+        """The handling partners operators have paused, by region."""
         ...
 
     # ---- contract list revisions ----

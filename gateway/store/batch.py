@@ -23,6 +23,7 @@ from gateway.store.base import (
     FinishJob,
     Op,
     OpResult,
+    Pause,
     Replay,
     Submit,
     SubmitResult,
@@ -52,6 +53,7 @@ class Batch:
         self.acks: list[Ack] = []
         self.failed: list[DeliveryFailed] = []
         self.replays: list[str] = []
+        self.pauses: list[Pause] = []  # in order: a pause and a resume in one group both count
         self.blobs: list[tuple[str, str, int, bytes]] = []
         self.audit: list[AuditItem] = []  # in the order the facts were applied
 
@@ -97,6 +99,11 @@ def apply(op: Op, b: Batch, now: float) -> OpResult:
     if isinstance(op, Enqueue):
         j = op.job
         b.jobs.append(job_row(op.case_id, j.kind, j.region, j.data, now))
+        return None
+    if isinstance(op, Pause):
+        b.pauses.append(op)
+        kind = "pause" if op.paused else "resume"
+        b.audit.append(AuditItem(now, kind, None, op.region, op.by or "operator", "-"))
         return None
     b.replays.append(op.case_id)
     b.audit.append(AuditItem(now, "replay", op.case_id, "", op.by or "operator", "-"))

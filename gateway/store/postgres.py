@@ -46,6 +46,7 @@ from gateway.store.base import (
     JobRecord,
     Op,
     OpResult,
+    PauseRecord,
     RevisionMoved,
     RevisionRecord,
     VersionConflict,
@@ -57,7 +58,10 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    NOT_PAUSED,
     OVERDUE_INDEX,
+    PAUSES_SELECT,
+    PAUSES_TABLE,
     QUEUES_SQL,
     audit_from_row,
     case_from_row,
@@ -210,6 +214,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
     OVERDUE_INDEX,
+    PAUSES_TABLE,
 ]
 
 _INSERT_CASE = (
@@ -417,6 +422,15 @@ class PostgresStore:
             "updated_at = $1 WHERE case_id = $2 AND state = 'dead'",
             [(b.now, case_id) for case_id in b.replays],
         )
+        for pause in b.pauses:
+            if pause.paused:
+                await con.execute(
+                    "INSERT INTO partner_pauses VALUES ($1, $2, $3) "
+                    "ON CONFLICT (region) DO NOTHING",
+                    pause.region, b.now, pause.by or "operator",
+                )  # fmt: skip
+            else:
+                await con.execute("DELETE FROM partner_pauses WHERE region = $1", pause.region)
         await _many(
             con,
             "INSERT INTO ignored (case_id, at, status, source, reason) VALUES ($1, $2, $3, $4, $5)",
@@ -457,7 +471,7 @@ class PostgresStore:
                 rows = await con.fetch(
                     "UPDATE jobs SET lease_owner = $1, lease_until = $2 WHERE job_id IN ("
                     "SELECT job_id FROM jobs WHERE state = 'pending' AND region = $3 AND "
-                    "next_attempt_at <= $4 AND lease_until < $4 "
+                    f"next_attempt_at <= $4 AND lease_until < $4 AND {NOT_PAUSED} "
                     "ORDER BY next_attempt_at, job_id LIMIT $5 FOR UPDATE SKIP LOCKED) "
                     f"RETURNING {JOB_COLUMNS}",
                     owner, now + lease, region, now, quota,
@@ -639,6 +653,10 @@ class PostgresStore:
             region, f'%"sha256":"{sha256}"%',
         )  # fmt: skip
         return row is not None
+
+    async def paused_partners(self) -> dict[str, PauseRecord]:
+        rows = await self._db.fetch(PAUSES_SELECT)
+        return {r[0]: PauseRecord(r[0], r[1], r[2]) for r in rows}
 
     async def get_blob(self, sha256: str) -> bytes | None:
         content = await self._db.fetchval("SELECT content FROM blobs WHERE sha256 = $1", sha256)

@@ -155,3 +155,12 @@ def overdue_sql(now: str) -> str:
         f"SELECT count(*) FROM cases WHERE {_OPEN} AND deadline < {now} "
         f"AND coalesce(paused_at, {now}) > deadline"
     )
+
+
+# Partners operators paused: the same table in both dialects, read by every claim of jobs.
+PAUSES_TABLE = (
+    "CREATE TABLE partner_pauses (region TEXT PRIMARY KEY, "
+    "paused_at DOUBLE PRECISION NOT NULL, paused_by TEXT NOT NULL)"
+)
+NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM partner_pauses p WHERE p.region = jobs.region)"
+PAUSES_SELECT = "SELECT region, paused_at, paused_by FROM partner_pauses"

@@ -40,6 +40,7 @@ from gateway.store.base import (
     JobRecord,
     Op,
     OpResult,
+    PauseRecord,
     RevisionMoved,
     RevisionRecord,
     VersionConflict,
@@ -51,7 +52,10 @@ from gateway.store.rows import (
     CASE_COLUMNS,
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    NOT_PAUSED,
     OVERDUE_INDEX,
+    PAUSES_SELECT,
+    PAUSES_TABLE,
     QUEUES_SQL,
     audit_from_row,
     case_from_row,
@@ -197,6 +201,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_case ON audit (case_id, audit_id);
     """,
     OVERDUE_INDEX,
+    PAUSES_TABLE,
 ]
 
 
@@ -389,6 +394,14 @@ class SqliteStore:
                 "WHERE case_id=? AND state='dead'",
                 [(b.now, b.now, case_id) for case_id in b.replays],
             )
+        for pause in b.pauses:
+            if pause.paused:
+                db.execute(
+                    "INSERT INTO partner_pauses VALUES (?, ?, ?) ON CONFLICT (region) DO NOTHING",
+                    (pause.region, b.now, pause.by or "operator"),
+                )
+            else:
+                db.execute("DELETE FROM partner_pauses WHERE region = ?", (pause.region,))
         _insert(db, "INSERT INTO ignored (case_id, at, status, source, reason)", b.ignored)
         _insert(db, "INSERT OR IGNORE INTO blobs (sha256, media_type, size, content)", b.blobs)
         SqliteStore._append_audit(db, b.audit)
@@ -426,7 +439,7 @@ class SqliteStore:
                 rows = db.execute(
                     "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id IN ("
                     "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
-                    "next_attempt_at <= ? AND lease_until < ? "
+                    f"next_attempt_at <= ? AND lease_until < ? AND {NOT_PAUSED} "
                     "ORDER BY next_attempt_at, job_id LIMIT ?) "
                     f"RETURNING {JOB_COLUMNS}",
                     (owner, now + lease, region, now, now, quota),
@@ -585,6 +598,10 @@ class SqliteStore:
             (region, f'%"sha256":"{sha256}"%'),
         ) as cur:
             return await cur.fetchone() is not None
+
+    async def paused_partners(self) -> dict[str, PauseRecord]:
+        async with self._rdb.execute(PAUSES_SELECT) as cur:
+            return {r[0]: PauseRecord(*r) for r in await cur.fetchall()}
 
     async def get_blob(self, sha256: str) -> bytes | None:
         async with self._rdb.execute(
