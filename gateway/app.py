@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from gateway.contracts import ContractList
 from gateway.delivery import Deliverer
 from gateway.dispatcher import Dispatcher, PartnerSlot
 from gateway.http import openapi
-from gateway.http.app import HttpDeps, build_app
+from gateway.http.app import MONITORING, HttpDeps, build_app
 from gateway.http.auth import Authenticator
 from gateway.metrics import Metrics
 from gateway.partner_ops import PartnerOps
@@ -38,9 +38,10 @@ from gateway.registry import ContractRegistry
 from gateway.retry import Circuit
 from gateway.service import CaseService, Counters, Wakeups
 from gateway.signing import NonceCache
-from gateway.store import open_store
+from gateway.store import Role, open_store
 from gateway.store.base import Store
 from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import SqliteStore
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class Gateway:
         base_dir: Path | None = None,
         poll_interval: float = 0.5,
         adapter_kinds: Mapping[str, type[Any]] | None = None,
+        role: Role = "all",
     ) -> None:
         self.config = config
+        self.role = role
         self.clock = clock or SystemClock()
         self.base_dir = base_dir
         self.poll_interval = poll_interval
@@ -88,10 +91,13 @@ class Gateway:
         self.port = 0
 
     async def start(self, port: int | None = None) -> int:
-        """Open the store, start the workers and the HTTP server; return the bound port."""
+        """Open the store, start the workers and the HTTP server; return the bound port.
+
+        ``role`` "api" runs no workers; "workers" serves only ``/healthz``, ``/readyz`` and
+        ``/metrics`` and, on SQLite, wakes its workers whenever the API process commits."""
         g = self.config.gateway
         self.store = await open_store(
-            g.store, synchronous=g.sqlite_synchronous, pool_size=g.store_pool_size
+            g.store, synchronous=g.sqlite_synchronous, pool_size=g.store_pool_size, role=self.role
         )
         self.registry = ContractRegistry(self.store, self.contracts)
         await self.registry.bootstrap(self.contracts, self.clock.now())
@@ -105,10 +111,15 @@ class Gateway:
             on_result=self.metrics.on_delivery,
         )  # fmt: skip
         service.wake = Wakeups(dispatch=dispatcher.wake, deliver=deliverer.wake)
-        poller = Poller(store=self.store, service=service, partners=dispatcher.partners)
-        self.supervisor.start("dispatcher", dispatcher.run)
-        self.supervisor.start("deliverer", deliverer.run)
-        self.supervisor.start("poller", poller.run)
+        if self.role != "api":
+            poller = Poller(store=self.store, service=service, partners=dispatcher.partners)
+            self.supervisor.start("dispatcher", dispatcher.run)
+            self.supervisor.start("deliverer", deliverer.run)
+            self.supervisor.start("poller", poller.run)
+        if self.role == "workers" and isinstance(self.store, SqliteStore):
+            store = self.store
+            wakes = (dispatcher.wake, deliverer.wake)
+            self.supervisor.start("store-changes", lambda: follow_changes(store, wakes))
         self.supervisor.start("contracts", self.registry.follow)
         self.service, self.dispatcher, self.deliverer = service, dispatcher, deliverer
         self.runner = web.AppRunner(self._http(service), access_log=None, handle_signals=False)
@@ -172,12 +183,13 @@ class Gateway:
                 frozenset(s.name for s in self.config.subscribers),
             ),
             partners=PartnerOps(
-                self.config, self.store, self.dispatcher.partners, self.clock, self.dispatcher.wake
+                self.config, self.store, self.dispatcher.partners, self.clock,
+                self.dispatcher.wake, calls_here=self.role != "api",
             ),
             audit=AuditOps(self.store),
             adapter_kinds=self.adapter_kinds,
         )  # fmt: skip
-        return build_app(deps, g.max_body_bytes)
+        return build_app(deps, g.max_body_bytes, MONITORING if self.role == "workers" else None)
 
     def is_ready(self) -> bool:
         return bool(self.store and self.store.ready and self.supervisor.alive())
@@ -202,3 +214,18 @@ class Gateway:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+
+async def follow_changes(
+    store: SqliteStore, wakes: Sequence[Callable[[], None]], every: float = 0.02
+) -> None:
+    """Wake the workers whenever another process commits to the store (an API process that
+    accepted a case or a partner's report): a cheap read every ``every`` seconds."""
+    seen = await store.data_version()
+    while True:
+        await asyncio.sleep(every)
+        version = await store.data_version()
+        if version != seen:
+            seen = version
+            for wake in wakes:
+                wake()

@@ -35,6 +35,10 @@ async def _serve(args: argparse.Namespace) -> None:
     from gateway.app import Gateway
 
     config, base = _config(args.config)
+    if args.role != "all" and config.demo:
+        raise ConfigError("--role: the bundled demo runs as one process; give --config")
+    if args.role == "workers" and not args.listen:
+        raise ConfigError("--role workers: give --listen, its own port for /healthz and /metrics")
     if args.listen:
         config = config.model_copy(
             update={"gateway": config.gateway.model_copy(update={"listen": args.listen})}
@@ -46,7 +50,7 @@ async def _serve(args: argparse.Namespace) -> None:
             partners = DemoPartners(config, f"http://{config.gateway.listen}", Path("var/demo"))
             stack.push_async_callback(partners.stop)
             config = await partners.start()
-        gateway = Gateway(config, base_dir=base)
+        gateway = Gateway(config, base_dir=base, role=args.role)
         stack.push_async_callback(gateway.stop)
         port = await gateway.start()
         print(f"tongban gateway listening on http://{config.gateway.host}:{port}", flush=True)
@@ -94,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (no --config: the bundled demo)")
     serve.add_argument("--config", help="TOML configuration file")
     serve.add_argument("--listen", help="HOST:PORT, overriding gateway.listen")
+    serve.add_argument(
+        "--role", choices=["all", "api", "workers"], default="all",
+        help="all: API and workers in this process (default); api: the API only; workers: the "
+        "dispatcher, deliverer and poller only, serving /healthz, /readyz and /metrics on "
+        "--listen (required)",
+    )  # fmt: skip
 
     sub.add_parser("openapi", help="print the OpenAPI document of the HTTP API")
     contracts_cli.add_parser(sub)

@@ -27,6 +27,7 @@ class PartnerOps:
     partners: Mapping[str, PartnerSlot]
     clock: Clock
     wake: Callable[[], None] = lambda: None  # the dispatcher, when a partner is resumed
+    calls_here: bool = True  # False in an API-only process: its dispatcher makes no calls
 
     async def health(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -58,17 +59,26 @@ class PartnerOps:
             "dead_letters": int(q.get("dead", 0)),
         }
         if slot is not None:
-            c = slot.circuit
             pause = paused.get(region)
             report.update({
                 "paused": pause is not None,
                 "paused_at": iso(pause.paused_at) if pause else None,
                 "paused_by": pause.paused_by if pause else None,
-                "circuit": c.state(now), "in_flight": slot.inflight,
-                "successes": c.successes, "errors": c.errors, "last_error": c.last_error,
-                "retry_at": iso(c.open_until) if c.open_until > now else None,
             })  # fmt: skip
+            report.update(self._calls(slot, now))
         return report
+
+    def _calls(self, slot: PartnerSlot, now: float) -> dict[str, Any]:
+        """This process's calls to the partner: none to show in an API-only process."""
+        c = slot.circuit
+        if not self.calls_here:
+            keys = ("circuit", "in_flight", "successes", "errors", "last_error", "retry_at")
+            return dict.fromkeys(keys)
+        return {
+            "circuit": c.state(now), "in_flight": slot.inflight,
+            "successes": c.successes, "errors": c.errors, "last_error": c.last_error,
+            "retry_at": iso(c.open_until) if c.open_until > now else None,
+        }  # fmt: skip
 
     def kinds(self, registry: Mapping[str, type[Any]]) -> dict[str, Any]:
         return {"adapters": [describe(cls) for _, cls in sorted(registry.items())]}

@@ -26,7 +26,7 @@ from gateway.config import Config, parse
 from gateway.identifiers import id_check_char
 from gateway.signing import sign_headers
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
-from gateway.store import sqlite_path
+from gateway.store import Role, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACTS = ROOT / "contracts"
@@ -256,11 +256,17 @@ def simulator(region: str, gw_port: int, **kw: Any) -> ProvinceSimulator:
 
 @asynccontextmanager
 async def world(
-    tmp_path: Path, top: dict[str, Any] | None = None, *, store: str | None = None, **gateway: Any
+    tmp_path: Path,
+    top: dict[str, Any] | None = None,
+    *,
+    store: str | None = None,
+    role: Role = "all",
+    **gateway: Any,
 ) -> AsyncIterator[World]:
     """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
     started is stopped again even if a later step of the setup fails. ``store`` is the store URL
-    (the ``store_url`` fixture gives one per backend); by default a SQLite file in ``tmp_path``."""
+    (the ``store_url`` fixture gives one per backend); by default a SQLite file in ``tmp_path``.
+    ``role``: the parts the gateway runs (``tongban serve --role``)."""
     async with AsyncExitStack() as stack:
         sims = {r: simulator(r, 0) for r in (ORIGIN, HANDLER)}
         hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
@@ -272,7 +278,7 @@ async def world(
         stack.push_async_callback(hub.stop)
         url = f"sqlite:///{tmp_path}/gw.db" if store is None else store
         config = gateway_config(url, 0, ports, hub_port, top, **gateway)
-        gw = Gateway(config, poll_interval=0.05)
+        gw = Gateway(config, poll_interval=0.05, role=role)
         stack.push_async_callback(gw.stop)
         gw_port = await gw.start()
         for sim in sims.values():

@@ -151,8 +151,10 @@ async def test_a_revision_published_by_another_process_takes_effect_without_rest
     tmp_path: Path,
     store_url: str,
 ) -> None:
-    async with world(tmp_path, store=store_url) as w:
-        other = await open_store(store_url)  # a second process on the same store
+    # The gateway serves the API; the other process (the workers part, which SQLite lets a
+    # second process hold) publishes straight into the store.
+    async with world(tmp_path, store=store_url, role="api") as w:
+        other = await open_store(store_url, role="workers")
         try:
             registry = ContractRegistry(other, ContractList.load(CONTRACTS))
             await registry.refresh()
@@ -183,7 +185,7 @@ async def test_the_shipped_list_is_published_once_by_processes_starting_together
     store_url: str,
 ) -> None:
     shipped_list = ContractList.load(CONTRACTS)
-    stores = [await open_store(store_url) for _ in range(2)]
+    stores = [await open_store(store_url, role=role) for role in ("api", "workers")]
     try:
         registries = [ContractRegistry(s, shipped_list) for s in stores]
         # Both saw an empty store before either published: the second publish is refused.

@@ -89,16 +89,16 @@ role = "admin"
 
 
 class GatewayProcess:
-    def __init__(self, config: Path, port: int) -> None:
-        self.config, self.port = config, port
+    """``tongban serve`` on a configuration; ``args`` adds options (``--role``, ``--listen``)."""
+
+    def __init__(self, config: Path, port: int, args: tuple[str, ...] = ()) -> None:
+        self.config, self.port, self.args = config, port, args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
+        argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)]
         with open(self.config.parent / "gateway.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config)],
-                stdout=log, stderr=log, cwd=ROOT,
-            )  # fmt: skip
+            self.proc = subprocess.Popen([*argv, *self.args], stdout=log, stderr=log, cwd=ROOT)
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self.spawn()

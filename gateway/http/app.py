@@ -297,11 +297,16 @@ ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
-def build_app(d: HttpDeps, max_body: int) -> web.Application:
+MONITORING = frozenset({"healthz", "readyz", "metrics"})  # what a workers-only process serves
+
+
+def build_app(d: HttpDeps, max_body: int, only: frozenset[str] | None = None) -> web.Application:
+    """The HTTP application: every route, or only those named in ``only``."""
     app = web.Application(client_max_size=max_body, middlewares=[_middleware(d.metrics)])
     table = handlers(d)
     for r in ROUTES:
-        app.router.add_route(r.method, r.path, table[r.name], name=r.name)
+        if only is None or r.name in only:
+            app.router.add_route(r.method, r.path, table[r.name], name=r.name)
     return app
 
 

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.store.base import Store
+
+Role = Literal["all", "api", "workers"]  # which parts of the gateway one process runs
 
 
 class StoreUnavailable(Exception):
     """The store could not be opened; the message names it, without any password."""
 
 
-async def open_store(url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> Store:
+async def open_store(
+    url: str, *, synchronous: str = "FULL", pool_size: int = 10, role: Role = "all"
+) -> Store:
     """Open the store a URL names: ``sqlite:///relative.db``, ``sqlite:////abs.db``, or
-    ``postgresql://user@host/db`` (``postgres://`` too; ``pool_size`` connections at most)."""
+    ``postgresql://user@host/db`` (``postgres://`` too; ``pool_size`` connections at most).
+    ``role``: the parts of the gateway this process runs (on SQLite, one process per part)."""
     store: Store
     if url.startswith("sqlite://"):
-        from gateway.store.sqlite import SqliteStore
+        from gateway.store.sqlite import BOTH_PARTS, SqliteStore
 
-        store = SqliteStore(sqlite_path(url), synchronous=synchronous)
+        parts = BOTH_PARTS if role == "all" else frozenset({role})
+        store = SqliteStore(sqlite_path(url), synchronous=synchronous, parts=parts)
     elif url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore
 

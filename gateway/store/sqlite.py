@@ -10,19 +10,26 @@ The writer is a thread of its own owning a plain sqlite3 connection: a whole gro
 write, commit) is one call into it, so a write transaction never stays open across turns of a
 busy event loop. Reads go through aiosqlite.
 
-SQLite is the single-process backend: on open, leases held by a previous (dead) process of the
-same database are released at once rather than waiting for them to expire.
+At most two processes share one SQLite database, on one host: one serving the API and one running
+the workers (dispatcher, deliverer, poller), or one doing both (``tongban serve --role``). Each part
+is held by an exclusive lock file beside the database, so a second process taking a part already
+taken is refused at open. The process running the workers is then the only one that holds leases:
+on open it releases those of its dead predecessor at once rather than waiting for them to expire.
+The two processes' writers take turns through a third lock file, so neither spins in SQLite's
+busy handler while the other writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -70,6 +77,8 @@ from gateway.store.rows import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Part = Literal["api", "workers"]
+BOTH_PARTS: frozenset[Part] = frozenset({"api", "workers"})
 _TAKEN_SQL = "'dispatched', 'accepted', 'in_progress', 'supplement_required'"
 
 MIGRATIONS: list[str] = [
@@ -208,10 +217,19 @@ MIGRATIONS: list[str] = [
 class SqliteStore:
     """:class:`gateway.store.base.Store` on SQLite."""
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", max_group: int = 512) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "FULL",
+        max_group: int = 512,
+        parts: frozenset[Part] = BOTH_PARTS,
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
+        self.parts = parts
         self.ready = False
+        self._locks: dict[str, int] = {}  # lock file name → open descriptor
         self._w: sqlite3.Connection | None = None  # the writer thread's alone
         self._r: aiosqlite.Connection | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -222,6 +240,7 @@ class SqliteStore:
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
+        self._take_parts()
         await self._in_writer(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=10000")
@@ -237,10 +256,37 @@ class SqliteStore:
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=10000")
         self._migrate(db)
-        # A previous process of this database is gone: its leases go with it.
-        db.execute("UPDATE jobs SET lease_until = 0, lease_owner = NULL")
-        db.execute("UPDATE cursors SET lease_until = 0, lease_owner = NULL")
+        if "workers" in self.parts:
+            # The previous workers process of this database is gone: its leases go with it.
+            db.execute("UPDATE jobs SET lease_until = 0, lease_owner = NULL")
+            db.execute("UPDATE cursors SET lease_until = 0, lease_owner = NULL")
         self._w = db
+
+    def _take_parts(self) -> None:
+        """Hold this process's parts (api, workers) of the database, or raise naming the one
+        another process holds."""
+        if self.path == ":memory:":
+            return
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        for part in sorted(self.parts):
+            fd = self._lock_file(part)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._release_locks()
+                raise RuntimeError(
+                    f"another gateway process already runs the {part} part on this database"
+                ) from None
+
+    def _lock_file(self, name: str) -> int:
+        if name not in self._locks:
+            self._locks[name] = os.open(f"{self.path}-{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        return self._locks[name]
+
+    def _release_locks(self) -> None:
+        for fd in self._locks.values():
+            os.close(fd)  # closing drops the flock
+        self._locks.clear()
 
     async def close(self) -> None:
         self.ready = False
@@ -252,6 +298,7 @@ class SqliteStore:
             await self._in_writer(self._w.close)
             self._w = None
         self._writer.shutdown(wait=True)
+        self._release_locks()
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -267,8 +314,29 @@ class SqliteStore:
             log.info("applied store migration %d", number)
 
     async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the writer thread, which alone touches the writer connection."""
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+        """Run ``fn`` on the writer thread, which alone touches the writer connection, in this
+        process's turn to write."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._in_turn, fn, *args)
+
+    def _in_turn(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` holding the write-turn lock, which the other process sharing the database
+        waits on (in the kernel, woken the moment it is free)."""
+        if self.path == ":memory:":
+            return fn(*args)
+        fd = self._lock_file("write")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            return fn(*args)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    async def data_version(self) -> int:
+        """A number that changes whenever another connection (another process, or this one's
+        writer) commits: how a process learns of work another created without polling for it."""
+        async with self._rdb.execute("PRAGMA data_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
 
     @property
     def _wdb(self) -> sqlite3.Connection:
