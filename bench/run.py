@@ -7,7 +7,9 @@ aiohttp server (:mod:`bench.bare`) and wrk replaying pre-signed requests (``benc
 With ``--store postgres`` the gateway keeps its data on a PostgreSQL server (``--postgres-dsn``)
 instead, each gateway world in a fresh schema ``bench_<hex>`` that is dropped when the world
 stops; ``--processes N`` (PostgreSQL only) runs N ``tongban serve`` processes of one world on one
-port (``reuse_port``), and every CPU and memory figure then covers all N.
+port (``reuse_port``), and every CPU and memory figure then covers all N. ``--split`` runs each
+world's gateway as two processes on one store, ``tongban serve --role api`` (which wrk and the
+clients call) and ``--role workers`` (the dispatcher, deliverer and poller).
 
 1. Accept: wrk sends distinct pre-signed ``POST /v1/cases`` (each nonce once) to the gateway
    while its workers dispatch and deliver in the background; accepted cases/s counts only 202s.
@@ -249,6 +251,7 @@ class Backend:
     store: str = "sqlite"  # "sqlite" (a file in the world's folder) or "postgres"
     dsn: str = ""  # postgres: the server; each world gets a schema of its own there
     processes: int = 1  # gateway processes on one port (reuse_port); more than 1: postgres only
+    split: bool = False  # an API process and a workers process instead (tongban serve --role)
 
 
 def backend(args: argparse.Namespace) -> Backend:
@@ -257,6 +260,7 @@ def backend(args: argparse.Namespace) -> Backend:
         getattr(args, "store", "sqlite"),
         getattr(args, "postgres_dsn", ""),
         getattr(args, "processes", 1),
+        getattr(args, "split", False),
     )
 
 
@@ -343,9 +347,11 @@ def start_world(
         for region, sim in world.sims.items():
             sim.wait_ready(world.sim_urls[region] + "/bench/totals")
         argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-        for i in range(using.processes):
+        for i, extra in enumerate(_gateway_args(using)):
             label = f"{name}-gateway" if using.processes == 1 else f"{name}-gateway-{i + 1}"
-            gateway = procs.start(label, argv)
+            if using.split:
+                label = f"{name}-gateway-{extra[1]}"
+            gateway = procs.start(label, argv + extra)
             world.gateways.append(gateway)
             # Each process's own log, not /readyz: through a shared port, /readyz may be
             # answered by a process started earlier. The line is printed once this process's
@@ -357,6 +363,14 @@ def start_world(
         stop_world(procs, world)
         raise
     return world
+
+
+def _gateway_args(using: Backend) -> list[list[str]]:
+    """The extra options of each gateway process of a world, in start order."""
+    if using.split:
+        workers = ["--role", "workers", "--listen", f"127.0.0.1:{free_port()}"]
+        return [["--role", "api"], workers]
+    return [[] for _ in range(using.processes)]
 
 
 def stop_world(procs: Processes, world: World) -> None:
@@ -650,6 +664,8 @@ def _store_line(s: dict[str, Any]) -> str:
         store = f"store=postgres ({server}, a fresh schema per world)"
     else:
         store = f"store=sqlite (synchronous={s.get('sqlite_synchronous', 'FULL')})"
+    if s.get("split"):
+        return f"{store}, split: an API process and a workers process (tongban serve --role)"
     shared = ", sharing one port with reuse_port" if n > 1 else ""
     return f"{store}, processes={n} (gateway processes per world{shared})"
 
@@ -680,7 +696,6 @@ def report(result: dict[str, Any]) -> str:
     idle = result.get("accept_idle")
     ratio, bars, s = result["accept_ratio"], result["bars"], result["settings"]
     mark = {True: "ok", False: "MISSED"}
-    n = s.get("processes", 1)
     lines = [
         "",
         f"Tongban gateway benchmark ({result['machine']['cpus']} CPUs, "
@@ -727,7 +742,7 @@ def report(result: dict[str, Any]) -> str:
                  f"{o.get('out_of_order')}/{o.get('duplicates')}; "
                  f"{h.get('out_of_order')}/{h.get('duplicates')}"),
             _row("callback POSTs (ok / failed)", posts,
-                 "" if n == 1 else "/metrics of one of the processes: left out"),
+                 "" if posts != "n/a" else "/metrics of one of the processes: left out"),
             _row("gateway CPU during the run", f"{e['gateway_cpu_share']:.2f} cores",
                  _cpu_note(e) + f"simulators {e['simulators_cpu_share']:.2f}"),
         ]  # fmt: skip
@@ -777,8 +792,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--processes", type=int, default=1,
         help="gateway processes per world, sharing one port (reuse_port; needs --store postgres)",
     )  # fmt: skip
+    p.add_argument(
+        "--split", action="store_true",
+        help="run each gateway as an API process and a workers process (tongban serve --role)",
+    )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, db)")
     args = p.parse_args(argv)
+    if args.split and args.processes > 1:
+        p.error("--split runs two processes of its own: leave --processes at 1")
     if args.processes < 1:
         p.error("--processes must be at least 1")
     if args.processes > 1 and args.store != "postgres":
@@ -828,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
             "e2e_concurrency": args.e2e_concurrency,
             "sqlite_synchronous": "FULL" if args.store == "sqlite" else None,
             "simulator_latency": 0.0, "batch_callbacks": args.batch_callbacks,
-            "store": args.store, "processes": args.processes,
+            "store": args.store, "processes": args.processes, "split": args.split,
         },
     }  # fmt: skip
     if args.store == "postgres":
