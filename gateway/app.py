@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,6 @@ from gateway.signing import NonceCache
 from gateway.store import Role, open_store
 from gateway.store.base import Store
 from gateway.store.postgres import PostgresStore
-from gateway.store.sqlite import SqliteStore
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,8 @@ class Gateway:
         """Open the store, start the workers and the HTTP server; return the bound port.
 
         ``role`` "api" runs no workers; "workers" serves only ``/healthz``, ``/readyz`` and
-        ``/metrics`` and, on SQLite, wakes its workers whenever the API process commits."""
+        ``/metrics``. Workers that share the store with other processes are woken by their
+        commits (:meth:`gateway.store.base.Store.follow_changes`), not only by their own."""
         g = self.config.gateway
         self.store = await open_store(
             g.store, synchronous=g.sqlite_synchronous, pool_size=g.store_pool_size, role=self.role
@@ -116,10 +116,15 @@ class Gateway:
             self.supervisor.start("dispatcher", dispatcher.run)
             self.supervisor.start("deliverer", deliverer.run)
             self.supervisor.start("poller", poller.run)
-        if self.role == "workers" and isinstance(self.store, SqliteStore):
+        if self.role == "workers" or (self.role == "all" and isinstance(self.store, PostgresStore)):
+            # Another process shares the store: wake the workers for the work it commits.
             store = self.store
-            wakes = (dispatcher.wake, deliverer.wake)
-            self.supervisor.start("store-changes", lambda: follow_changes(store, wakes))
+
+            def wake() -> None:
+                dispatcher.wake()
+                deliverer.wake()
+
+            self.supervisor.start("store-changes", lambda: store.follow_changes(wake))
         self.supervisor.start("contracts", self.registry.follow)
         self.service, self.dispatcher, self.deliverer = service, dispatcher, deliverer
         self.runner = web.AppRunner(self._http(service), access_log=None, handle_signals=False)
@@ -214,18 +219,3 @@ class Gateway:
             await asyncio.Event().wait()
         finally:
             await self.stop()
-
-
-async def follow_changes(
-    store: SqliteStore, wakes: Sequence[Callable[[], None]], every: float = 0.02
-) -> None:
-    """Wake the workers whenever another process commits to the store (an API process that
-    accepted a case or a partner's report): a cheap read every ``every`` seconds."""
-    seen = await store.data_version()
-    while True:
-        await asyncio.sleep(every)
-        version = await store.data_version()
-        if version != seen:
-            seen = version
-            for wake in wakes:
-                wake()

@@ -313,3 +313,16 @@ async def verified_audit(client: Client) -> dict[str, Any]:
     status, verdict, _ = await client.call("GET", "/v1/ops/audit/verify", sign=False, headers=token)
     assert status == 200 and verdict["verified"] is True, verdict
     return dict(verdict)
+
+
+def complete_in_order(receiver: ProvinceSimulator, case_ids: list[str]) -> bool:
+    """Every case's events arrived at the receiver, in order, up to ``completed``. (Where a
+    partner's report overtook the dispatch answer, as it may with two processes or after a kill,
+    a case has no ``dispatched`` event: its events are numbered without a gap all the same.)"""
+    for case_id in case_ids:
+        events = receiver.events.get(case_id, [])
+        if not events or events[-1]["status"] != "completed":
+            return False
+        if [e["seq"] for e in events] != list(range(1, len(events) + 1)):
+            return False
+    return True

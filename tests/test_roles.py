@@ -24,6 +24,7 @@ from tests.support import (
     ORIGIN,
     ROOT,
     Client,
+    complete_in_order,
     free_port,
     medical_filing,
     simulator,
@@ -73,18 +74,6 @@ async def split(tmp_path: Path) -> AsyncIterator[Split]:
             await sim.stop()
 
 
-def _complete_in_order(receiver: ProvinceSimulator, case_ids: list[str]) -> bool:
-    """Every case's events arrived, in order, up to ``completed``. (Where a partner's report
-    overtook the dispatch answer, as after a kill, a case has no ``dispatched`` event.)"""
-    for case_id in case_ids:
-        events = receiver.events.get(case_id, [])
-        if not events or events[-1]["status"] != "completed":
-            return False
-        if [e["seq"] for e in events] != list(range(1, len(events) + 1)):
-            return False
-    return True
-
-
 async def _dispatch_calls(session: aiohttp.ClientSession, port: int) -> float:
     async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
         text = await r.text()
@@ -104,9 +93,9 @@ async def _submit(origin: Client, prefix: str, n: int) -> list[str]:
 async def test_the_api_accepts_and_the_workers_process_carries_every_case(tmp_path: Path) -> None:
     async with split(tmp_path) as s:
         ids = await _submit(s.origin, "ZJ-R1", 30)
-        await wait_for(lambda: _complete_in_order(s.sims[ORIGIN], ids), within=60,
+        await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=60,
                        what="every case completed and delivered to the origin")  # fmt: skip
-        await wait_for(lambda: _complete_in_order(s.hub, ids), within=60, what="hub has all")
+        await wait_for(lambda: complete_in_order(s.hub, ids), within=60, what="hub has all")
         assert s.sims[HANDLER].counters["submits"] == len(ids)
         assert s.sims[ORIGIN].out_of_order == 0 and s.hub.out_of_order == 0
         session = s.origin.session
@@ -139,7 +128,7 @@ async def test_a_second_process_for_a_part_already_running_is_refused(tmp_path: 
             assert b"another gateway process already runs the" in done.stderr, done.stderr
         # The refused processes changed nothing: the pair still carries cases.
         ids = await _submit(s.origin, "ZJ-R2", 3)
-        await wait_for(lambda: _complete_in_order(s.sims[ORIGIN], ids), within=60,
+        await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=60,
                        what="cases carried after the refusals")  # fmt: skip
 
 
@@ -158,8 +147,8 @@ async def test_a_killed_workers_process_is_replaced_and_every_case_completes(
         more = await _submit(s.origin, "ZJ-R3-after", 5)  # the API goes on accepting
         await s.workers.start(s.origin.session)  # releases the dead process's leases at once
         ids += more
-        await wait_for(lambda: _complete_in_order(s.sims[ORIGIN], ids), within=90,
+        await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered after the restart")  # fmt: skip
-        await wait_for(lambda: _complete_in_order(s.hub, ids), within=90, what="hub has all")
+        await wait_for(lambda: complete_in_order(s.hub, ids), within=90, what="hub has all")
         assert s.sims[ORIGIN].out_of_order == 0 and s.hub.out_of_order == 0
         await verified_audit(s.origin)

@@ -30,6 +30,7 @@ from tests.support import (
     OPERATOR_TOKEN,
     ORIGIN,
     Client,
+    complete_in_order,
     free_port,
     medical_filing,
     pg_schema,
@@ -98,10 +99,6 @@ async def cluster(tmp_path: Path, *, one_port: bool = False) -> AsyncIterator[Cl
                 await sim.stop()
 
 
-def _complete_in_order(receiver: ProvinceSimulator, case_ids: list[str]) -> bool:
-    return all([e["seq"] for e in receiver.events.get(c, [])] == [1, 2, 3, 4, 5] for c in case_ids)
-
-
 async def _count(dsn: str, sql: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -137,9 +134,9 @@ async def test_two_processes_share_the_work_and_deliver_every_event_once_in_orde
             status, case, _ = await client.call("POST", "/v1/cases", medical_filing(f"ZJ-S1-{i}"))
             assert status == 202, case
             ids.append(case["case_id"])
-        await wait_for(lambda: _complete_in_order(c.sims[ORIGIN], ids), within=90,
+        await wait_for(lambda: complete_in_order(c.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered to the origin")  # fmt: skip
-        await wait_for(lambda: _complete_in_order(c.hub, ids), within=90, what="hub has all")
+        await wait_for(lambda: complete_in_order(c.hub, ids), within=90, what="hub has all")
         assert c.sims[HANDLER].counters["submits"] == len(ids)
         assert c.sims[HANDLER].counters["submit_repeats"] == 0  # no case sent twice
         for receiver in (c.sims[ORIGIN], c.hub):
@@ -182,7 +179,7 @@ async def test_two_processes_serve_one_port(tmp_path: Path) -> None:
             status, case, _ = await c.to_a.call("POST", "/v1/cases", medical_filing(f"ZJ-S5-{i}"))
             assert status == 202, case
             ids.append(case["case_id"])
-        await wait_for(lambda: _complete_in_order(c.sims[ORIGIN], ids), within=90,
+        await wait_for(lambda: complete_in_order(c.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered to the origin")  # fmt: skip
 
 

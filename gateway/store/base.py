@@ -12,7 +12,7 @@ out, so per-case order holds by construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -381,6 +381,11 @@ class Store(Protocol):
 
     async def paused_partners(self) -> dict[str, PauseRecord]:
         """The handling partners operators have paused, by region."""
+        ...
+
+    async def follow_changes(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` soon after another process sharing the store commits work (a case, an
+        event, a job, a replay or a pause); runs until cancelled."""
         ...
 
     # ---- contract list revisions ----

@@ -17,6 +17,10 @@ than one gateway process against one database:
   alive).
 - **Nonces** of signed requests are remembered in the database, so a request replayed to another
   process is refused too.
+- **Wake-ups**: a write group that creates work (a case, an event, a job, a replay, a pause)
+  sends a notification on its schema's channel when it commits; every process listens on it
+  (:meth:`PostgresStore.follow_changes`), so work one process commits is taken up by the others at
+  once, not at their next poll.
 
 The tables live in the first schema of the connection's ``search_path`` (a URL may set it:
 ``postgresql://gw@db/tongban?options=-csearch_path%3Dtongban``). JSON values are stored as the
@@ -26,9 +30,11 @@ text orjson wrote (:mod:`gateway.store.rows`); times are seconds since the epoch
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import importlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway import audit
@@ -264,6 +270,7 @@ class PostgresStore:
         self._nonce_sweep = 0.0
         self.check_interval = check_interval  # how often readiness is checked against the server
         self._checker: asyncio.Task[None] | None = None
+        self._channel = ""  # LISTEN/NOTIFY channel of this schema, named at open
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -282,6 +289,8 @@ class PostgresStore:
             async with self._pool.acquire() as con, con.transaction():
                 await con.execute(_LOCK, _MIGRATE)
                 await self._migrate(con)
+                schema = await con.fetchval("SELECT current_schema()")
+            self._channel = "tongban_" + hashlib.sha256(schema.encode()).hexdigest()[:24]
         except BaseException:
             await self._pool.close()
             self._pool = None
@@ -348,7 +357,32 @@ class PostgresStore:
             await con.execute(_LOCK, _WRITE)
             batch, results = apply_all(lists, await self._load_cases(con, lists))
             await self._flush(con, batch)
+            if batch.jobs or batch.events or batch.replays or batch.pauses:
+                await con.execute("SELECT pg_notify($1, '')", self._channel)  # sent at commit
         return results
+
+    async def follow_changes(self, wake: Callable[[], None]) -> None:
+        """Listen on the schema's channel on a connection of its own, opened again if lost."""
+        asyncpg = importlib.import_module("asyncpg")
+        while True:
+            try:
+                con = await asyncpg.connect(self.dsn, timeout=self.timeout)
+            except Exception as exc:  # whatever the driver raises: try again shortly
+                log.warning("cannot listen for other processes' work (%s)", type(exc).__name__)
+                await asyncio.sleep(self.check_interval)
+                continue
+            try:
+                await con.add_listener(self._channel, lambda *_: wake())
+                wake()  # whatever was committed while nobody listened
+                while not con.is_closed():
+                    await asyncio.sleep(self.check_interval)
+                    await con.execute("SELECT 1")  # a broken connection shows here
+            except Exception as exc:
+                log.warning("stopped listening for other processes' work (%s); listening again",
+                            type(exc).__name__)  # fmt: skip
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(con.close(), self.timeout)
 
     @staticmethod
     async def _load_cases(con: Any, lists: OpLists) -> dict[str, CaseRecord]:

@@ -331,9 +331,18 @@ class SqliteStore:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    async def data_version(self) -> int:
-        """A number that changes whenever another connection (another process, or this one's
-        writer) commits: how a process learns of work another created without polling for it."""
+    async def follow_changes(self, wake: Callable[[], None], every: float = 0.02) -> None:
+        """Wake on every commit of another connection (the other process's, or this one's
+        writer): ``PRAGMA data_version`` changes then, a cheap read every ``every`` seconds."""
+        seen = await self._data_version()
+        while True:
+            await asyncio.sleep(every)
+            version = await self._data_version()
+            if version != seen:
+                seen = version
+                wake()
+
+    async def _data_version(self) -> int:
         async with self._rdb.execute("PRAGMA data_version") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
