@@ -230,7 +230,7 @@ class ContractList(BaseModel):
             items=items, code_tables=tables, calendar=calendar, identifier_exceptions=exceptions
         )
 
-    _validators: dict[tuple[str, int], PayloadValidator] = PrivateAttr(default_factory=dict)
+    _validators: dict[tuple[str, str, int], PayloadValidator] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _tables_exist(self) -> ContractList:
@@ -243,14 +243,21 @@ class ContractList(BaseModel):
 
     def validator(self, item_code: str, version: ContractVersion) -> PayloadValidator:
         """The compiled payload validator for one version, built on first use."""
-        key = (item_code, version.version)
+        return self._compiled("Payload", item_code, version, version.fields)
+
+    def result_validator(self, item_code: str, version: ContractVersion) -> PayloadValidator:
+        """The compiled validator of a version's result fields, built on first use."""
+        return self._compiled("Result", item_code, version, version.result_fields)
+
+    def _compiled(
+        self, kind: str, item_code: str, version: ContractVersion, fields: dict[str, FieldSpec]
+    ) -> PayloadValidator:
+        key = (kind, item_code, version.version)
         cache = self._validators
         if key not in cache:
             safe = re.sub(r"\W", "_", item_code)
-            name = f"Payload_{safe}_v{version.version}"
-            cache[key] = compile_fields(
-                name, version.fields, self.code_tables, self.identifier_exceptions
-            )
+            name = f"{kind}_{safe}_v{version.version}"
+            cache[key] = compile_fields(name, fields, self.code_tables, self.identifier_exceptions)
         return cache[key]
 
 

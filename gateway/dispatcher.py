@@ -220,7 +220,7 @@ class Dispatcher:
             # may have overtaken this answer and moved the case on already.
             ops.append(replace(t, partner_ref=outcome.partner_ref, only_from=_NOT_HANDED_OVER))
         ops.extend(
-            self.service.update_transition(job.region, u, {}, now)
+            self.service.update_transition(job.region, u, {}, now, case)
             for u in outcome.updates
             if u.status != Status.DISPATCHED.value
         )

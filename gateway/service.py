@@ -405,8 +405,19 @@ class CaseService:
         """Apply a handling partner's updates (pushed or polled) to the cases it handles."""
         refs = [u.partner_ref for u in updates if not u.case_id and u.partner_ref]
         by_ref = await self.store.find_by_partner_ref(region, refs) if refs else {}
+        done = {  # completions are held to their case's contract: read those cases first
+            u.case_id or by_ref.get(u.partner_ref or "", "")
+            for u in updates
+            if u.status == Status.COMPLETED.value
+        }
+        cases = await self.store.cases(sorted(done - {""})) if done else {}
         now = self.clock.now()
-        ops = [self.update_transition(region, u, by_ref, now) for u in updates]
+        ops = [
+            self.update_transition(
+                region, u, by_ref, now, cases.get(u.case_id or by_ref.get(u.partner_ref or "", ""))
+            )
+            for u in updates
+        ]
         results = await self.store.write(ops, now) if ops else []
         details, applied = [], 0
         for u, r in zip(updates, results, strict=True):
@@ -428,9 +439,16 @@ class CaseService:
         return {"applied": applied, "ignored": len(updates) - applied, "details": details}
 
     def update_transition(
-        self, region: str, u: StatusUpdate, by_ref: Mapping[str, str], now: float
+        self,
+        region: str,
+        u: StatusUpdate,
+        by_ref: Mapping[str, str],
+        now: float,
+        case: CaseRecord | None = None,
     ) -> Transition:
-        """A partner's status update as a transition that only that partner's case accepts."""
+        """A partner's status update as a transition that only that partner's case accepts.
+        ``case``: the case as read before, to hold a completion to its contract's result
+        fields."""
         case_id = u.case_id or by_ref.get(u.partner_ref or "", "")
         try:
             status = Status(u.status)
@@ -448,7 +466,27 @@ class CaseService:
             result=data if status is Status.COMPLETED else None,
             partner_ref=u.partner_ref,
             handler=region,
-        )
+            result_problem=self.result_problem(case, data) if case and status is Status.COMPLETED
+            else None,
+        )  # fmt: skip
+
+    def result_problem(self, case: CaseRecord, result: Mapping[str, Any]) -> str | None:
+        """Which of the contract's result fields a result lacks or gets wrong (names and kinds
+        of error, never a value); None if it holds. Fields the contract does not name pass."""
+        item = self.contracts.items.get(case.item_code)
+        version = item.version(case.contract_version) if item else None
+        if version is None or not version.result_fields:
+            return None
+        given = {k: v for k, v in result.items() if k in version.result_fields}
+        try:
+            self.contracts.result_validator(case.item_code, version).validate(given)
+        except ValidationError as exc:
+            where = ", ".join(
+                "result." + ".".join(str(p) for p in e["loc"]) + f" ({e['type']})"
+                for e in exc.errors(include_input=False)
+            )
+            return f"the result breaks version {version.version} of {case.item_code}: {where}"
+        return None
 
     async def attachment(self, region: str, sha256: str) -> bytes:
         """An attachment for the partner that handles a case carrying it (by reference)."""

@@ -74,6 +74,18 @@ def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
 
 
 def _move(case: CaseRecord, t: Transition) -> legs.Step | str:
+    moved = _step(case, t)
+    if (
+        isinstance(moved, legs.Step)
+        and t.result_problem
+        and moved.status is Status.COMPLETED
+        and t.outcome != lifecycle.Outcome.DENIED.value
+    ):
+        return t.result_problem  # the case would complete without what the contract promises
+    return moved
+
+
+def _step(case: CaseRecord, t: Transition) -> legs.Step | str:
     if t.only_from and legs.leg_status(case) not in t.only_from:
         return f"case is already {legs.leg_status(case).value}"
     target = t.status

@@ -451,7 +451,11 @@ async def test_the_simulator_ignores_partial_requests(
     assert sim.requests[0]["applicant"]["name"] == "张三"  # read back from GBK
     completed = got[-1]
     assert completed.outcome == "approved" and completed.partner_ref
-    assert set(completed.data) == {"decision_no", "decided_at", "handling_region"}
+    # The partner's own names mapped to ours, and the result fields the item's contract names.
+    assert set(completed.data) == {
+        "decision_no", "decided_at", "handling_region",
+        "filing_no", "filing_type", "treatment_region", "effective_from",
+    }  # fmt: skip
     assert str(completed.data["decided_at"]).endswith("Z")  # yyyyMMddHHmmss Beijing → UTC
 
 

@@ -30,6 +30,13 @@ from tests.support import (
     wait_for,
 )
 
+# What KSTB-YB-001's contract promises the origin, and the partner's own decision number.
+RESULT = {
+    "filing_no": "BA5101002026000001", "filing_type": "11",
+    "treatment_region": "330100", "effective_from": "2026-12-01",
+    "decision_no": "SC-2026-0001",
+}  # fmt: skip
+
 
 class PolledSettings(AdapterSettings):
     kind: Literal["polled"] = "polled"
@@ -74,7 +81,7 @@ class PolledAdapter:
                         "completed",
                         partner_ref=ref,
                         outcome="approved",
-                        data={"decision_no": "SC-2026-0001"},
+                        data=RESULT,
                     )
                 )
         return updates
@@ -108,7 +115,8 @@ async def test_a_polled_partner_completes_the_case(tmp_path: Path) -> None:
                 "received", "dispatched", "in_progress", "completed"
             ]  # fmt: skip
             assert done["partner_ref"].startswith("T-")
-            assert done["result"] == {"decision_no": "SC-2026-0001"}
+            assert done["result"]["decision_no"] == "SC-2026-0001"
+            assert done["result"]["filing_no"] == "BA5101002026000001"
     finally:
         await gw.stop()
         await origin_sim.stop()

@@ -63,9 +63,12 @@ async def test_a_case_completes_through_the_installed_adapter(tmp_path: Path) ->
             await wait_for(lambda: bool(received), what="the partner got the case")
             assert received[0]["wbbh"] == case["case_id"] and received[0]["sqr"]["xm"] == "张三"
             handler = Client(session, base, HANDLER)
+            result = {"decision_no": "HB-1", "filing_no": "BA4201002026000001",  # KSTB-YB-001's
+                      "filing_type": "11", "treatment_region": "330100",
+                      "effective_from": "2026-12-01"}  # fmt: skip
             for zt in ("2", "3", "4"):
                 report = {"wbbh": case["case_id"], "bjbh": "HB2026-0001", "zt": zt,
-                          "jg": {"decision_no": "HB-1"} if zt == "4" else {}}  # fmt: skip
+                          "jg": result if zt == "4" else {}}  # fmt: skip
                 status, answer, _ = await handler.call(
                     "POST", f"/v1/partners/{HANDLER}/inbound", raw=orjson.dumps(report)
                 )

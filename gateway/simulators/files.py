@@ -50,6 +50,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.simulators.base import BackgroundTasks, next_batch
+from gateway.simulators.results import item_result
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class _Case:
     case_id: str
     ticket: str
     scenario: str | None
+    item_code: str = ""
     steps: int = 0
     supplement_requested: bool = False
     supplements: int = 0
@@ -400,7 +402,7 @@ class FileProvinceSimulator:
             scenario = _marker(str(doc.get("requestId", "")))
             if not taken.attachments_ok:
                 scenario = "reject"
-            case = _Case(case_id, ticket, scenario)
+            case = _Case(case_id, ticket, scenario, str(doc.get("itemCode", "")))
             self._cases[case_id] = case
             self.counters["submits"] += 1
             case.task = self._tasks.spawn(self._process(case), f"filesim-case-{ticket}")
@@ -445,6 +447,9 @@ class FileProvinceSimulator:
             "bjsj": now.strftime(DATE_FORMAT),
             "blqh": self.settings.region,
         }
+        if not denied:  # what the item's contract promises the origin, in the gateway's names
+            result |= item_result(case.item_code, ref=case.ticket, region=self.settings.region,
+                                  now=now)  # fmt: skip
         await self._report(case, COMPLETED, jg="不予" if denied else "准予", jgxx=result)
         case.finished = True
 

@@ -34,6 +34,7 @@ import orjson
 
 from adapters.frontdb_exchange import FrontDb, Tx, sqlite_path
 from gateway.simulators.base import BackgroundTasks, set_up
+from gateway.simulators.results import item_result
 from gateway.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class _Case:
     case_id: str
     ref: str
     simulate: str | None
+    item_code: str = ""
     supplement_requested: bool = False
     withdrawn: bool = False
     finished: bool = False
@@ -229,7 +231,7 @@ class FrontDbProvinceSimulator:
         async with asyncio.timeout(s.timeout), self.db.transaction() as tx:
             lock = " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgres" else ""
             rows = await tx.fetch(
-                f"SELECT ID, BJBH, SQLX, SQNR FROM {s.up_table} WHERE CLBZ = 0 "
+                f"SELECT ID, BJBH, SQLX, SQNR, SXBM FROM {s.up_table} WHERE CLBZ = 0 "
                 f"ORDER BY ID LIMIT ?{lock}",
                 SCAN_BATCH,
             )
@@ -244,7 +246,14 @@ class FrontDbProvinceSimulator:
                 *(r[0] for r in rows),
             )
         return [
-            {"id": r[0], "case_id": r[1], "kind": str(r[2]).strip(), "sqnr": r[3]} for r in rows
+            {
+                "id": r[0],
+                "case_id": r[1],
+                "kind": str(r[2]).strip(),
+                "sqnr": r[3],
+                "item_code": str(r[4] or "").strip(),
+            }
+            for r in rows
         ]
 
     def _handle(self, row: dict[str, Any]) -> None:
@@ -254,7 +263,7 @@ class FrontDbProvinceSimulator:
             if case is not None:
                 self.counters["submit_repeats"] += 1  # a duplicate row: the gateway's fault
                 return
-            case = _Case(case_id, self._new_ref(), _scenario(row["sqnr"]))
+            case = _Case(case_id, self._new_ref(), _scenario(row["sqnr"]), row["item_code"])
             self._cases[case_id] = case
             self.counters["submits"] += 1
             case.task = self._tasks.spawn(self._process(case), f"case-{case.ref}")
@@ -298,6 +307,9 @@ class FrontDbProvinceSimulator:
             "decided_at": _stamp(),
             "handling_region": s.region,
         }
+        if not denied:  # what the item's contract promises the origin
+            result |= item_result(case.item_code, ref=case.ref, region=s.region,
+                                  now=datetime.now(_BEIJING))  # fmt: skip
         await self._write(
             case, COMPLETED, outcome=DENIED_VALUE if denied else APPROVED_VALUE, result=result
         )

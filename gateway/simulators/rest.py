@@ -42,6 +42,7 @@ from gateway.simulators.base import (
     send_until_acknowledged,
     set_up,
 )
+from gateway.simulators.results import item_result
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,9 @@ class ProvinceSimulator(LoopbackServer):
             "decided_at": iso(now),
             "handling_region": self.settings.region,
         }
+        if not denied:  # what the item's contract promises the origin
+            result |= item_result(case.item_code, ref=case.ticket, region=self.settings.region,
+                                  now=datetime.now(UTC))  # fmt: skip
         outcome = "denied" if denied else "approved"
         await self._report(case, COMPLETED, outcome=outcome, result=result)
         case.finished = True

@@ -68,6 +68,7 @@ from gateway.simulators.base import (
     send_until_acknowledged,
     set_up,
 )
+from gateway.simulators.results import item_result
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class _Case:
     status: str = RECEIVED
     outcome: str | None = None
     message: str | None = None
-    result: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
     steps: int = 0
     event_id: str = ""
     supplement_requested: bool = False
@@ -530,6 +531,9 @@ class SoapProvinceSimulator(LoopbackServer):
                 "BJSJ": now.strftime("%Y%m%d%H%M%S"),
                 "BLDQ": self.settings.region,
             }
+            if not denied:  # what the item's contract promises, in the gateway's names
+                case.result |= item_result(case.record.get("SXBM", ""), ref=case.ticket,
+                                           region=self.settings.region, now=now)  # fmt: skip
         else:
             return
         case.steps += 1
@@ -553,7 +557,7 @@ class SoapProvinceSimulator(LoopbackServer):
         if case.result is not None:
             result = ET.SubElement(report, "JGXX")
             for name, value in case.result.items():
-                _sub(result, name, value)
+                _value(result, name, value)
         return report
 
     def _new_ticket(self) -> str:
@@ -673,6 +677,20 @@ def _reply(code: str, message: str, **elements: str) -> ET.Element:
 
 def _sub(parent: ET.Element, name: str, text: str) -> None:
     ET.SubElement(parent, name).text = text
+
+
+def _value(parent: ET.Element, name: str, value: Any) -> None:
+    """A value as elements: a list as the element repeated, an object as children, true and
+    false in XML Schema's words."""
+    if isinstance(value, list):
+        for one in value:
+            _value(parent, name, one)
+    elif isinstance(value, dict):
+        element = ET.SubElement(parent, name)
+        for key, inner in value.items():
+            _value(element, key, inner)
+    else:
+        _sub(parent, name, str(value).lower() if isinstance(value, bool) else str(value))
 
 
 def _flatten(document: ET.Element) -> dict[str, str]:

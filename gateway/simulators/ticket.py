@@ -46,6 +46,7 @@ from gateway.simulators.base import (
     send_until_acknowledged,
     set_up,
 )
+from gateway.simulators.results import item_result
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class _Case:
     case_id: str
     ticket: str
     scenario: str | None
+    item_code: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     supplement_requested: bool = False
     supplemented: asyncio.Event = field(default_factory=asyncio.Event)
@@ -235,7 +237,7 @@ class TicketProvinceSimulator(LoopbackServer):
             # A retry of the same case: the same ticket, and processing is not restarted.
             self.counters["submit_repeats"] += 1
             return _json({"code": "0", "msg": "已接件", "ticket": known.ticket})
-        case = _Case(case_id, self._new_ticket(), _scenario(body))
+        case = _Case(case_id, self._new_ticket(), _scenario(body), str(body.get("itemCode", "")))
         self._cases[case_id] = case
         self._by_ticket[case.ticket] = case
         self.counters["submits"] += 1
@@ -315,6 +317,9 @@ class TicketProvinceSimulator(LoopbackServer):
             "decision_no": f"川通办决字〔{datetime.now(UTC).year}〕{case.ticket[-6:]}号",
             "decided_at": iso(time.time()),
         }
+        if not denied:  # what the item's contract promises the origin
+            result |= item_result(case.item_code, ref=case.ticket, region=self.settings.region,
+                                  now=datetime.now(UTC))  # fmt: skip
         await self._advance(case, COMPLETED, outcome="不予" if denied else "准予", result=result)
         case.finished = True
 

@@ -234,6 +234,10 @@ class Transition:
     # Applies only while the case (or its leg under way) is in one of these; empty: any status
     # the state machine allows a move from.
     only_from: frozenset[Status] = frozenset()
+    # Why ``result`` breaks the contract's result fields (without any value): refuses the move
+    # if it would complete the case other than as denied. Checked by the caller, which knows the
+    # contract; a multi-site leg that hands over is not held to it.
+    result_problem: str | None = None
 
 
 @dataclass(frozen=True)
