@@ -326,3 +326,13 @@ def complete_in_order(receiver: ProvinceSimulator, case_ids: list[str]) -> bool:
         if [e["seq"] for e in events] != list(range(1, len(events) + 1)):
             return False
     return True
+
+
+async def submit_filings(origin: Client, prefix: str, n: int) -> list[str]:
+    """Submit ``n`` medical filings (request ids ``prefix-0`` …), each answered 202; their ids."""
+    ids = []
+    for i in range(n):
+        status, case, _ = await origin.call("POST", "/v1/cases", medical_filing(f"{prefix}-{i}"))
+        assert status == 202, case
+        ids.append(case["case_id"])
+    return ids

@@ -26,8 +26,8 @@ from tests.support import (
     Client,
     complete_in_order,
     free_port,
-    medical_filing,
     simulator,
+    submit_filings,
     verified_audit,
     wait_for,
 )
@@ -81,18 +81,9 @@ async def _dispatch_calls(session: aiohttp.ClientSession, port: int) -> float:
     return sum(float(v) for v in found)
 
 
-async def _submit(origin: Client, prefix: str, n: int) -> list[str]:
-    ids = []
-    for i in range(n):
-        status, case, _ = await origin.call("POST", "/v1/cases", medical_filing(f"{prefix}-{i}"))
-        assert status == 202, case
-        ids.append(case["case_id"])
-    return ids
-
-
 async def test_the_api_accepts_and_the_workers_process_carries_every_case(tmp_path: Path) -> None:
     async with split(tmp_path) as s:
-        ids = await _submit(s.origin, "ZJ-R1", 30)
+        ids = await submit_filings(s.origin, "ZJ-R1", 30)
         await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=60,
                        what="every case completed and delivered to the origin")  # fmt: skip
         await wait_for(lambda: complete_in_order(s.hub, ids), within=60, what="hub has all")
@@ -127,7 +118,7 @@ async def test_a_second_process_for_a_part_already_running_is_refused(tmp_path: 
             assert done.returncode == 3, (role, done.stderr)
             assert b"another gateway process already runs the" in done.stderr, done.stderr
         # The refused processes changed nothing: the pair still carries cases.
-        ids = await _submit(s.origin, "ZJ-R2", 3)
+        ids = await submit_filings(s.origin, "ZJ-R2", 3)
         await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=60,
                        what="cases carried after the refusals")  # fmt: skip
 
@@ -137,14 +128,14 @@ async def test_a_killed_workers_process_is_replaced_and_every_case_completes(
 ) -> None:
     async with split(tmp_path) as s:
         s.sims[HANDLER].settings.latency = 0.3  # calls and reports in flight at the kill
-        ids = await _submit(s.origin, "ZJ-R3", 20)
+        ids = await submit_filings(s.origin, "ZJ-R3", 20)
 
         async def some_sent() -> bool:
             return s.sims[HANDLER].counters["submits"] > 0
 
         await wait_for(some_sent, what="the workers process calling the partner")
         s.workers.kill()
-        more = await _submit(s.origin, "ZJ-R3-after", 5)  # the API goes on accepting
+        more = await submit_filings(s.origin, "ZJ-R3-after", 5)  # the API goes on accepting
         await s.workers.start(s.origin.session)  # releases the dead process's leases at once
         ids += more
         await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=90,

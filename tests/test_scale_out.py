@@ -36,6 +36,7 @@ from tests.support import (
     pg_schema,
     raw_sql,
     simulator,
+    submit_filings,
     verified_audit,
     wait_for,
     world,
@@ -174,11 +175,7 @@ async def test_two_processes_serve_one_port(tmp_path: Path) -> None:
                        what="both processes listening on the shared port")  # fmt: skip
         assert c.a.proc is not None and c.a.proc.poll() is None
         assert c.b.proc is not None and c.b.proc.poll() is None
-        ids = []
-        for i in range(20):
-            status, case, _ = await c.to_a.call("POST", "/v1/cases", medical_filing(f"ZJ-S5-{i}"))
-            assert status == 202, case
-            ids.append(case["case_id"])
+        ids = await submit_filings(c.to_a, "ZJ-S5", 20)
         await wait_for(lambda: complete_in_order(c.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered to the origin")  # fmt: skip
 
