@@ -165,6 +165,9 @@ class PartnerSection(_Section):
     callback_url: str | None = None
     callback_secret: str | None = Field(None, min_length=8)
     batch_callbacks: bool = False
+    callback_format: RecipientFormat = Field(
+        default_factory=RecipientFormat, description="what the province's callback reads"
+    )
     keys: dict[str, str] = Field(default_factory=dict)
     adapter: dict[str, Any] | None = None
     limits: PartnerLimits = Field(default_factory=PartnerLimits)

@@ -79,7 +79,9 @@ def targets(config: Config) -> dict[str, Target]:
         out[HUB] = Target(hub.url, hub.secret, hub.batch, hub.format)
     for p in config.partners:
         if p.callback_url and p.callback_secret:
-            out[f"region:{p.region}"] = Target(p.callback_url, p.callback_secret, p.batch_callbacks)
+            out[f"region:{p.region}"] = Target(
+                p.callback_url, p.callback_secret, p.batch_callbacks, p.callback_format
+            )
     for s in config.subscribers:
         out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch, s.format)
     return out

@@ -10,7 +10,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +139,11 @@ def gateway_config(
     sim_ports: dict[str, int],
     hub_port: int,
     top: dict[str, Any] | None = None,
+    partner_settings: Mapping[str, Mapping[str, Any]] | None = None,
     **gateway: Any,
 ) -> Config:
-    """A test configuration; ``top`` adds top-level sections (e.g. ``subscribers``)."""
+    """A test configuration; ``top`` adds top-level sections (e.g. ``subscribers``) and
+    ``partner_settings`` settings of a partner's entry, by region."""
     raw: dict[str, Any] = {
         "gateway": {
             "listen": f"127.0.0.1:{port}",
@@ -171,6 +173,7 @@ def gateway_config(
                 "callback_secret": CALLBACK[region],
                 "keys": {KEYS[region][0]: KEYS[region][1]},
                 "adapter": {"kind": "rest_json", "base_url": f"http://127.0.0.1:{p}"},
+                **(partner_settings or {}).get(region, {}),
             }
             for region, p in sim_ports.items()
         ],
@@ -261,6 +264,7 @@ async def world(
     *,
     store: str | None = None,
     role: Role = "all",
+    partner_settings: Mapping[str, Mapping[str, Any]] | None = None,
     **gateway: Any,
 ) -> AsyncIterator[World]:
     """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
@@ -277,7 +281,7 @@ async def world(
         hub_port = await hub.start("127.0.0.1", 0)
         stack.push_async_callback(hub.stop)
         url = f"sqlite:///{tmp_path}/gw.db" if store is None else store
-        config = gateway_config(url, 0, ports, hub_port, top, **gateway)
+        config = gateway_config(url, 0, ports, hub_port, top, partner_settings, **gateway)
         gw = Gateway(config, poll_interval=0.05, role=role)
         stack.push_async_callback(gw.stop)
         gw_port = await gw.start()

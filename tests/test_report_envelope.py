@@ -122,3 +122,26 @@ async def test_a_busy_answer_in_the_body_is_not_an_acknowledgement(
             assert platform.refused >= 2
     finally:
         await platform.stop()
+
+
+async def test_a_province_that_reads_envelopes_gets_its_own_cases_back_as_records(
+    tmp_path: Path,
+) -> None:
+    platform = ReportPlatform(SECRET)
+    port = await platform.start()
+    origin = {
+        "callback_url": f"http://127.0.0.1:{port}{PATH}",
+        "callback_secret": SECRET,
+        "callback_format": {"kind": "report_envelope", "sender_code": "TONGBAN-GW"},
+    }
+    try:
+        async with world(tmp_path, partner_settings={ORIGIN: origin}) as w:
+            case_id = await _submit(w, "ZJ-RPT-DOWN")
+            await wait_for(lambda: len(platform.records[case_id]) == 5, what="five records")
+            records = platform.records[case_id]
+            assert [r["stateCode"] for r in records] == ["1", "2", "3", "8", "11"]
+            assert {e["head"]["senderCode"] for e in platform.envelopes} == {"TONGBAN-GW"}
+            assert w.sims[ORIGIN].events.get(case_id) is None  # nothing went the old way
+            assert platform.out_of_order == 0 and platform.duplicates == 0
+    finally:
+        await platform.stop()
