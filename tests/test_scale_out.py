@@ -289,19 +289,24 @@ async def test_a_pause_asked_of_one_process_holds_in_the_other(tmp_path: Path) -
         assert status == 200
         status, held, _ = await c.to_b.call("POST", "/v1/cases", medical_filing("ZJ-HELD"))
         assert status == 202
-        # Cases the other way (to the partner that is not paused), through both processes: once
-        # each process has made a call, each has claimed after the held case was queued.
+        # Cases the other way (to the partner that is not paused), through both processes, until
+        # each process has made a call: then each has claimed after the held case was queued.
+        # (Either process may claim any case, woken by the other's commit: hence more than two.)
         westward = [Client(c.to_a.session, p.base, HANDLER) for p in (c.to_a, c.to_b)]
-        for i in range(6):
-            body = medical_filing(f"SC-GOES-{i}")
-            body["payload"].update(insured_region="330100", treatment_region="510100")
-            status, case, _ = await westward[i % 2].call("POST", "/v1/cases", body)
-            assert status == 202, case
+        sent: list[str] = []
 
         async def both_called() -> bool:
-            return all([await _dispatch_calls(p) > 0 for p in (c.to_a, c.to_b)])
+            if all([await _dispatch_calls(p) > 0 for p in (c.to_a, c.to_b)]):
+                return True
+            if len(sent) < 60:
+                body = medical_filing(f"SC-GOES-{len(sent)}")
+                body["payload"].update(insured_region="330100", treatment_region="510100")
+                status, case, _ = await westward[len(sent) % 2].call("POST", "/v1/cases", body)
+                assert status == 202, case
+                sent.append(case["case_id"])
+            return False
 
-        await wait_for(both_called, within=30, what="a partner call made by each process")
+        await wait_for(both_called, within=60, what="a partner call made by each process")
         assert (await c.to_b.case(held["case_id"]))["status"] == "received"
         assert c.sims[HANDLER].counters["submits"] == 0
         _, health, _ = await c.to_b.call("GET", "/v1/ops/partners", sign=False, headers=OPERATOR)
