@@ -10,17 +10,21 @@ it, any other code (``"500"`` busy, ``"401"`` …) refuses it and it is sent aga
 The delivery guarantees stay the gateway's: per-case order, the same records on every retry (the
 ``eventId`` of each record is the event's), acknowledgement only on an accepting answer.
 
-Pure: :func:`render` and :func:`refusal` do no I/O; the delivery worker calls them.
+Pure: :func:`render` and :func:`refusal` do no I/O; :class:`ReportEnvelope` is the recipient
+format (``format = { kind = "report_envelope", sender_code = "…" }``) the delivery worker uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
+from pydantic import Field
+
+from adapters.sdk import AdapterSettings
 
 BEIJING = ZoneInfo("Asia/Shanghai")
 CONTENT_TYPE = "application/json"
@@ -90,3 +94,29 @@ def refusal(status: int, body: bytes) -> str | None:
         return "answer without a code"
     code = str(raw)
     return None if code in ACCEPTING else f"refused with code {code[:16]}"
+
+
+class ReportEnvelopeSettings(AdapterSettings):
+    kind: Literal["report_envelope"] = "report_envelope"
+    sender_code: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,32}$", description="the sender code the recipient knows us by"
+    )
+
+
+class ReportEnvelope:
+    """Events as report envelopes (办件信息汇聚报文); only an accepting code in the body
+    acknowledges them."""
+
+    kind: ClassVar[str] = "report_envelope"
+    Settings: ClassVar[type[AdapterSettings]] = ReportEnvelopeSettings
+    content_type = CONTENT_TYPE
+
+    def __init__(self, settings: AdapterSettings) -> None:
+        assert isinstance(settings, ReportEnvelopeSettings)
+        self.sender_code = settings.sender_code
+
+    def render(self, events: Sequence[Mapping[str, Any]], batch: bool, now_iso: str) -> bytes:
+        return render(events, self.sender_code, now_iso)
+
+    def refusal(self, status: int, body: bytes) -> str | None:
+        return refusal(status, body)

@@ -23,6 +23,7 @@ from gateway.clock import Clock
 from gateway.lifecycle import PARTNER_REPORTS, Status
 
 ENTRY_POINT_GROUP = "tongban.adapters"
+FORMAT_ENTRY_POINT_GROUP = "tongban.recipient_formats"
 log = logging.getLogger(__name__)
 
 
@@ -221,6 +222,27 @@ class HealthReporting(Protocol):
     async def health(self, ctx: AdapterContext) -> Mapping[str, Any]: ...
 
 
+@runtime_checkable
+class RecipientFormat(Protocol):
+    """How a recipient's system reads the gateway's events: the national hub, a subscriber, or a
+    province's own callback. Plain classes built from validated settings, like adapters; both
+    methods are pure. The delivery guarantees stay the gateway's: it signs and POSTs the body,
+    keeps per-case order and sends the same events again until ``refusal`` returns None."""
+
+    kind: ClassVar[str]
+    Settings: ClassVar[type[AdapterSettings]]
+    content_type: str
+
+    def render(self, events: Sequence[Mapping[str, Any]], batch: bool, now_iso: str) -> bytes:
+        """The body for these events (as the gateway delivers them, in order): all of them for
+        a recipient that takes batches, else exactly one."""
+        ...
+
+    def refusal(self, status: int, body: bytes) -> str | None:
+        """None if the answer acknowledges the events; else a short reason, never the body."""
+        ...
+
+
 def describe(kind: type[Any]) -> dict[str, Any]:
     """An adapter kind's settings, as JSON Schema: what an operator may write in its table."""
     schema: dict[str, Any] = kind.Settings.model_json_schema()
@@ -251,17 +273,33 @@ def builtin_adapters() -> dict[str, type[Any]]:
     return {cls.kind: cls for cls in kinds}
 
 
+def builtin_formats() -> dict[str, type[Any]]:
+    from adapters.event_json import EventJson
+    from adapters.report_envelope import ReportEnvelope
+
+    return {cls.kind: cls for cls in (EventJson, ReportEnvelope)}
+
+
 def discover() -> dict[str, type[Any]]:
     """Built-in adapter classes plus third-party ones registered under ``tongban.adapters``.
 
     A built-in kind cannot be replaced, and of two packages registering the same kind the first
     wins; either case is logged, since a silently ignored adapter is hard to debug.
     """
-    found = builtin_adapters()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    return _with_entry_points(builtin_adapters(), ENTRY_POINT_GROUP, "adapter")
+
+
+def discover_formats() -> dict[str, type[Any]]:
+    """Built-in recipient formats plus those registered under ``tongban.recipient_formats``,
+    by the same rules as :func:`discover`."""
+    return _with_entry_points(builtin_formats(), FORMAT_ENTRY_POINT_GROUP, "recipient format")
+
+
+def _with_entry_points(found: dict[str, type[Any]], group: str, what: str) -> dict[str, type[Any]]:
+    for ep in entry_points(group=group):
         if ep.name in found:
-            log.warning("adapter kind %r from %s ignored: the kind is already taken",
-                        ep.name, ep.value)  # fmt: skip
+            log.warning("%s kind %r from %s ignored: the kind is already taken",
+                        what, ep.name, ep.value)  # fmt: skip
             continue
         found[ep.name] = ep.load()
     return found
@@ -269,9 +307,19 @@ def discover() -> dict[str, type[Any]]:
 
 def build(settings: Mapping[str, Any], registry: Mapping[str, type[Any]]) -> Adapter:
     """Validate an ``adapter = {kind = …}`` table and build the adapter; ValueError if bad."""
+    adapter: Adapter = _built(settings, registry, "adapter")
+    return adapter
+
+
+def build_format(settings: Mapping[str, Any], registry: Mapping[str, type[Any]]) -> RecipientFormat:
+    """Validate a ``format = {kind = …}`` table and build the format; ValueError if bad."""
+    fmt: RecipientFormat = _built(settings, registry, "recipient format")
+    return fmt
+
+
+def _built(settings: Mapping[str, Any], registry: Mapping[str, type[Any]], what: str) -> Any:
     kind = str(settings.get("kind"))
     if kind not in registry:
-        raise ValueError(f"unknown adapter kind {kind!r}; known: {', '.join(sorted(registry))}")
+        raise ValueError(f"unknown {what} kind {kind!r}; known: {', '.join(sorted(registry))}")
     cls = registry[kind]
-    adapter: Adapter = cls(cls.Settings.model_validate(dict(settings)))
-    return adapter
+    return cls(cls.Settings.model_validate(dict(settings)))

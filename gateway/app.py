@@ -18,14 +18,14 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from adapters.sdk import Adapter, AdapterContext, MaskingFilter, build, discover
+from adapters.sdk import Adapter, AdapterContext, MaskingFilter, build, discover, discover_formats
 from gateway import __version__
 from gateway.audit_ops import AuditOps
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config, ConfigError, contracts_path
 from gateway.contract_ops import ContractOps
 from gateway.contracts import ContractList
-from gateway.delivery import Deliverer
+from gateway.delivery import Deliverer, targets
 from gateway.dispatcher import Dispatcher, PartnerSlot
 from gateway.http import openapi
 from gateway.http.app import MONITORING, HttpDeps, build_app
@@ -71,6 +71,7 @@ class Gateway:
         base_dir: Path | None = None,
         poll_interval: float = 0.5,
         adapter_kinds: Mapping[str, type[Any]] | None = None,
+        format_kinds: Mapping[str, type[Any]] | None = None,
         role: Role = "all",
     ) -> None:
         self.config = config
@@ -84,6 +85,8 @@ class Gateway:
         self.contracts = ContractList.load(contracts_path(config, base_dir))
         self.adapter_kinds = dict(adapter_kinds) if adapter_kinds is not None else discover()
         self.adapters = build_adapters(config, self.adapter_kinds)
+        formats = dict(format_kinds) if format_kinds is not None else discover_formats()
+        self.targets = targets(config, formats)  # a bad format table is refused at start
         self.store: Store | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -106,8 +109,8 @@ class Gateway:
         service = self._service(self.store)
         dispatcher = self._dispatcher(self.store, service, self.session)
         deliverer = Deliverer(
-            store=self.store, session=self.session, config=self.config, clock=self.clock,
-            owner=self.owner, poll_interval=self.poll_interval,
+            store=self.store, session=self.session, config=self.config, recipients=self.targets,
+            clock=self.clock, owner=self.owner, poll_interval=self.poll_interval,
             on_result=self.metrics.on_delivery,
         )  # fmt: skip
         service.wake = Wakeups(dispatch=dispatcher.wake, deliver=deliverer.wake)

@@ -14,17 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
-import orjson
+from pydantic import ValidationError
 from yarl import URL
 
-from adapters import report_envelope
+from adapters.event_json import EventJson, EventJsonSettings
+from adapters.sdk import RecipientFormat, build_format
 from gateway import logs
 from gateway.clock import Clock, iso
-from gateway.config import Config, RecipientFormat, RetryPolicy
+from gateway.config import Config, ConfigError, RetryPolicy
 from gateway.retry import Circuit, backoff
 from gateway.service import HUB, render_event, subscriber_recipient
 from gateway.signing import sign_headers
@@ -36,6 +38,10 @@ CLAIM_LIMIT = 500  # cursors per claim; a full claim goes again at once
 LINGER = 0.005  # seconds to let work gather after a wake-up
 
 
+def _event_json() -> RecipientFormat:
+    return EventJson(EventJsonSettings())
+
+
 @dataclass(frozen=True)
 class Target:
     """Where and how one recipient is reached, and what its system reads."""
@@ -43,20 +49,14 @@ class Target:
     url: str
     secret: str
     batch: bool
-    fmt: RecipientFormat = field(default_factory=RecipientFormat)
+    fmt: RecipientFormat = field(default_factory=_event_json)
 
     def render(self, events: list[EventRecord], batch: bool, now: float) -> bytes:
-        rendered = [render_event(e) for e in events]
-        if self.fmt.kind == "report_envelope":
-            assert self.fmt.sender_code
-            return report_envelope.render(rendered, self.fmt.sender_code, iso(now))
-        return orjson.dumps(rendered if batch else rendered[0])
+        return self.fmt.render([render_event(e) for e in events], batch, iso(now))
 
     def refusal(self, status: int, body: bytes) -> str | None:
         """None if the answer acknowledges the events; else why not."""
-        if self.fmt.kind == "report_envelope":
-            return report_envelope.refusal(status, body)
-        return None if 200 <= status < 300 else f"HTTP {status}"
+        return self.fmt.refusal(status, body)
 
 
 @dataclass
@@ -71,19 +71,34 @@ def _circuit(retry: RetryPolicy) -> Circuit:
     return Circuit(threshold=3, base=retry.base_seconds, cap=min(30.0, retry.cap_seconds))
 
 
-def targets(config: Config) -> dict[str, Target]:
-    """Recipient name → target, from the configuration."""
+def targets(config: Config, formats: Mapping[str, type[Any]]) -> dict[str, Target]:
+    """Recipient name → target, from the configuration; ``formats``: the recipient format
+    kinds installed. ConfigError names a format table that is unknown or invalid."""
+
+    def fmt(key: str, table: Mapping[str, Any]) -> RecipientFormat:
+        try:
+            return build_format(table, formats)
+        except ValidationError as exc:
+            problems = "; ".join(
+                ".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors()
+            )
+            raise ConfigError(f"{key}: {problems}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
     out: dict[str, Target] = {}
     if config.national_hub:
         hub = config.national_hub
-        out[HUB] = Target(hub.url, hub.secret, hub.batch, hub.format)
-    for p in config.partners:
+        out[HUB] = Target(hub.url, hub.secret, hub.batch, fmt("national_hub.format", hub.format))
+    for i, p in enumerate(config.partners):
         if p.callback_url and p.callback_secret:
+            key = f"partners[{i}].callback_format"
             out[f"region:{p.region}"] = Target(
-                p.callback_url, p.callback_secret, p.batch_callbacks, p.callback_format
+                p.callback_url, p.callback_secret, p.batch_callbacks, fmt(key, p.callback_format)
             )
-    for s in config.subscribers:
-        out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch, s.format)
+    for i, s in enumerate(config.subscribers):
+        key = f"subscribers[{i}].format"
+        out[subscriber_recipient(s.name)] = Target(s.url, s.secret, s.batch, fmt(key, s.format))
     return out
 
 
@@ -94,6 +109,7 @@ class Deliverer:
         store: Store,
         session: aiohttp.ClientSession,
         config: Config,
+        recipients: Mapping[str, Target],
         clock: Clock,
         owner: str,
         poll_interval: float = 0.5,
@@ -113,7 +129,7 @@ class Deliverer:
         self.timeout = aiohttp.ClientTimeout(total=g.request_timeout_seconds)
         self.max_events = g.delivery_batch
         self.recipients = {
-            name: RecipientState(t, _circuit(self.retry)) for name, t in targets(config).items()
+            name: RecipientState(t, _circuit(self.retry)) for name, t in recipients.items()
         }
         self.signal = Signal()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -237,7 +253,7 @@ class Deliverer:
         url = target.url
         path = URL(url).raw_path_qs
         headers = sign_headers(self.key_id, target.secret, "POST", path, body)
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = target.fmt.content_type
         try:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=self.timeout

@@ -265,6 +265,7 @@ async def world(
     store: str | None = None,
     role: Role = "all",
     partner_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    format_kinds: Mapping[str, type[Any]] | None = None,
     **gateway: Any,
 ) -> AsyncIterator[World]:
     """Everything on ports the OS picked (port 0), so parallel runs cannot collide; whatever
@@ -282,7 +283,7 @@ async def world(
         stack.push_async_callback(hub.stop)
         url = f"sqlite:///{tmp_path}/gw.db" if store is None else store
         config = gateway_config(url, 0, ports, hub_port, top, partner_settings, **gateway)
-        gw = Gateway(config, poll_interval=0.05, role=role)
+        gw = Gateway(config, poll_interval=0.05, role=role, format_kinds=format_kinds)
         stack.push_async_callback(gw.stop)
         gw_port = await gw.start()
         for sim in sims.values():

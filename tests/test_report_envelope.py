@@ -15,7 +15,9 @@ import orjson
 import pytest
 
 from adapters import report_envelope
+from adapters.sdk import discover_formats
 from gateway.config import ConfigError, parse
+from gateway.delivery import targets
 from gateway.simulators.report import PATH, ReportPlatform
 from tests.support import HANDLER, ORIGIN, World, medical_filing, wait_for, world
 
@@ -59,10 +61,12 @@ def test_only_an_accepting_code_acknowledges(status: int, body: bytes, verdict: 
 
 def test_a_report_envelope_needs_its_sender_code() -> None:
     hub = {"url": "http://127.0.0.1:9000/report/cases", "secret": SECRET}
+    config = parse({"national_hub": {**hub, "format": {"kind": "report_envelope"}}})
     with pytest.raises(ConfigError, match=r"national_hub\.format: .*sender_code"):
-        parse({"national_hub": {**hub, "format": {"kind": "report_envelope"}}})
+        targets(config, discover_formats())
     fmt = {"kind": "report_envelope", "sender_code": "ZJ-TONGBAN-01"}
-    assert parse({"national_hub": {**hub, "format": fmt}}).national_hub is not None
+    config = parse({"national_hub": {**hub, "format": fmt}})
+    assert targets(config, discover_formats())["hub"].fmt.kind == "report_envelope"
 
 
 async def _platform_world(tmp_path: Path, platform: ReportPlatform, store: str) -> Any:
