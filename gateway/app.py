@@ -85,8 +85,8 @@ class Gateway:
         self.contracts = ContractList.load(contracts_path(config, base_dir))
         self.adapter_kinds = dict(adapter_kinds) if adapter_kinds is not None else discover()
         self.adapters = build_adapters(config, self.adapter_kinds)
-        formats = dict(format_kinds) if format_kinds is not None else discover_formats()
-        self.targets = targets(config, formats)  # a bad format table is refused at start
+        self.format_kinds = dict(format_kinds) if format_kinds is not None else discover_formats()
+        self.targets = targets(config, self.format_kinds)  # a bad format table stops the start
         self.store: Store | None = None
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -195,7 +195,7 @@ class Gateway:
                 self.dispatcher.wake, calls_here=self.role != "api",
             ),
             audit=AuditOps(self.store),
-            adapter_kinds=self.adapter_kinds,
+            adapter_kinds=self.adapter_kinds, format_kinds=self.format_kinds,
         )  # fmt: skip
         return build_app(deps, g.max_body_bytes, MONITORING if self.role == "workers" else None)
 

@@ -80,8 +80,14 @@ class PartnerOps:
             "retry_at": iso(c.open_until) if c.open_until > now else None,
         }  # fmt: skip
 
-    def kinds(self, registry: Mapping[str, type[Any]]) -> dict[str, Any]:
-        return {"adapters": [describe(cls) for _, cls in sorted(registry.items())]}
+    def kinds(
+        self, registry: Mapping[str, type[Any]], formats: Mapping[str, type[Any]]
+    ) -> dict[str, Any]:
+        """The installed adapter kinds and recipient formats, with their settings' schemas."""
+        return {
+            "adapters": [describe(cls) for _, cls in sorted(registry.items())],
+            "recipient_formats": [describe(cls) for _, cls in sorted(formats.items())],
+        }
 
     async def pause(self, region: str, paused: bool, by: str = "") -> dict[str, Any]:
         """Pause (or resume) a partner for every process; a repeat changes nothing."""

@@ -69,6 +69,9 @@ async def test_installed_adapter_kinds_describe_their_settings(tmp_path: Path) -
             "frontdb_exchange",
         } <= set(kinds)
         assert "base_url" in kinds["rest_json"]["settings"]["properties"]
+        formats = {f["kind"]: f for f in answer["recipient_formats"]}
+        assert {"events", "report_envelope"} <= set(formats)
+        assert "sender_code" in formats["report_envelope"]["settings"]["required"]
 
 
 async def test_an_adapter_health_report_joins_the_partner_health(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ class HttpDeps:
     partners: PartnerOps
     audit: AuditOps
     adapter_kinds: Mapping[str, type[Any]]
+    format_kinds: Mapping[str, type[Any]]
 
 
 def json(data: Any, status: int = 200) -> web.Response:
@@ -140,7 +141,7 @@ def handlers(d: HttpDeps) -> dict[str, Handler]:
 
     async def adapter_kinds(request: web.Request) -> web.Response:
         a.operator(request, "viewer")
-        return json(d.partners.kinds(d.adapter_kinds))
+        return json(d.partners.kinds(d.adapter_kinds, d.format_kinds))
 
     async def partner_pause(request: web.Request) -> web.Response:
         caller = a.operator(request, "operator")
@@ -260,7 +261,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/ops/partners", "partners_health",
           "Partner health: circuit, queue depth, oldest waiting, counts, last error", "viewer"),
     Route("GET", "/v1/ops/adapters", "adapter_kinds",
-          "Installed adapter kinds and their settings (JSON Schema)", "viewer"),
+          "Installed adapter kinds and recipient formats, and their settings (JSON Schema)",
+          "viewer"),
     Route("POST", "/v1/ops/partners/{region}/pause", "partner_pause",
           "Stop calling a partner (its jobs wait)", "operator"),
     Route("POST", "/v1/ops/partners/{region}/resume", "partner_resume",
