@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gateway.clock import Clock
 from gateway.lifecycle import PARTNER_REPORTS, Status
+from gateway.privacy import masked
 
 ENTRY_POINT_GROUP = "tongban.adapters"
 FORMAT_ENTRY_POINT_GROUP = "tongban.recipient_formats"
@@ -149,11 +150,7 @@ class MaskingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._counts:
             return True
-        message = record.getMessage()
-        for value in sorted(self._counts, key=len, reverse=True):
-            if value in message:
-                message = message.replace(value, "***")
-        record.msg, record.args = message, None
+        record.msg, record.args = masked(record.getMessage(), self._counts), None
         return True
 
 

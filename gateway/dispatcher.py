@@ -44,7 +44,7 @@ from gateway.clock import Clock
 from gateway.config import RetryPolicy
 from gateway.ids import new_id
 from gateway.lifecycle import Status
-from gateway.privacy import sensitive_values
+from gateway.privacy import masked, sensitive_values
 from gateway.retry import Circuit, backoff
 from gateway.service import CaseService, canonical
 from gateway.store.base import (
@@ -168,25 +168,29 @@ class Dispatcher:
         if case is None or (job.kind == "submit" and case.status.value in _NOTHING_TO_SEND):
             return [FinishJob(job.job_id, "done", error="case no longer needs sending")]
         canonical = await self._canonical(case)
-        with slot.mask.masking(self._sensitive(case)):
+        sensitive = self._sensitive(case)
+        with slot.mask.masking(sensitive):
             outcome = await self._call(job, canonical, slot)
         now = self.clock.now()
         self._on_outcome(job.region, type(outcome).__name__.lower())
         if isinstance(outcome, Accepted):
             slot.circuit.success()
             return self._accepted(job, case, outcome, now)
+        # An adapter's reason goes to logs, the job, partner health and the failed event: should
+        # it quote a partner answer that repeats the case's personal data, that is masked.
+        why = masked(outcome.reason, sensitive)
         if isinstance(outcome, Retryable):
-            slot.circuit.failure(now, outcome.reason)
+            slot.circuit.failure(now, why)
             if job.attempts + 1 < self.retry.max_attempts:
                 delay = max(
                     backoff(job.attempts, self.retry.base_seconds, self.retry.cap_seconds),
                     min(outcome.retry_after or 0.0, self.retry.cap_seconds),
                 )
-                return [FinishJob(job.job_id, "retry", now + delay, outcome.reason)]
-            reason = f"retry budget spent after {job.attempts + 1} attempts: {outcome.reason}"
+                return [FinishJob(job.job_id, "retry", now + delay, why)]
+            reason = f"retry budget spent after {job.attempts + 1} attempts: {why}"
         else:
             slot.circuit.success()  # the partner answered; it is the request it refused
-            reason = f"permanent: {outcome.reason}"
+            reason = f"permanent: {why}"
         log.warning("dead-lettering %s job %s of case %s: %s", job.kind, job.job_id,
                     job.case_id, reason)  # fmt: skip
         ops: list[Op] = [FinishJob(job.job_id, "dead", now, reason)]

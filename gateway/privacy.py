@@ -27,6 +27,15 @@ def sensitive_values(
     return {v for v in values if v}
 
 
+def masked(text: str, values: Iterable[str]) -> str:
+    """``text`` with every occurrence of the values (two characters or more, longest first)
+    replaced by ``***``."""
+    for value in sorted((v for v in values if len(v) >= 2), key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, "***")
+    return text
+
+
 def _at(node: Any, parts: list[str]) -> Iterable[str]:
     if isinstance(node, list):
         for element in node:
