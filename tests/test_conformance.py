@@ -80,7 +80,7 @@ class RestJsonDouble(HttpPartnerDouble):
         app.router.add_get("/cases/{ref}/status", self._status)
 
     def adapter_settings(self) -> dict[str, Any]:
-        return {"base_url": self._url, "timeout": 0.2, "field_map": dict(FIELD_MAP)}
+        return {"base_url": self._url, "timeout": 0.5, "field_map": dict(FIELD_MAP)}
 
     def native_report(
         self,
