@@ -251,12 +251,17 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def problems(exc: ValidationError) -> list[str]:
+    """Each error of a validation as ``key.path: message`` (never the value)."""
+    return [f"{_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+
+
 def parse(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a parsed TOML document; raise :class:`ConfigError` naming every bad key."""
     try:
         config = Config.model_validate(_resolve_env(raw, ""))
     except ValidationError as exc:
-        lines = [f"  {_format_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {line}" for line in problems(exc)]
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(lines)) from None
     _check_consistency(config, source)
     return config

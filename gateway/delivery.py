@@ -26,7 +26,7 @@ from adapters.event_json import EventJson, EventJsonSettings
 from adapters.sdk import RecipientFormat, build_format
 from gateway import logs
 from gateway.clock import Clock, iso
-from gateway.config import Config, ConfigError, RetryPolicy
+from gateway.config import Config, ConfigError, RetryPolicy, problems
 from gateway.retry import Circuit, backoff
 from gateway.service import HUB, render_event, subscriber_recipient
 from gateway.signing import sign_headers
@@ -79,10 +79,7 @@ def targets(config: Config, formats: Mapping[str, type[Any]]) -> dict[str, Targe
         try:
             return build_format(table, formats)
         except ValidationError as exc:
-            problems = "; ".join(
-                ".".join(map(str, e["loc"])) + ": " + e["msg"] for e in exc.errors()
-            )
-            raise ConfigError(f"{key}: {problems}") from None
+            raise ConfigError(f"{key}: {'; '.join(problems(exc))}") from None
         except ValueError as exc:
             raise ConfigError(f"{key}: {exc}") from None
 

@@ -405,18 +405,15 @@ class CaseService:
         """Apply a handling partner's updates (pushed or polled) to the cases it handles."""
         refs = [u.partner_ref for u in updates if not u.case_id and u.partner_ref]
         by_ref = await self.store.find_by_partner_ref(region, refs) if refs else {}
-        done = {  # completions are held to their case's contract: read those cases first
-            u.case_id or by_ref.get(u.partner_ref or "", "")
-            for u in updates
-            if u.status == Status.COMPLETED.value
-        }
-        cases = await self.store.cases(sorted(done - {""})) if done else {}
+        ids = [u.case_id or by_ref.get(u.partner_ref or "", "") for u in updates]
+        # Completions are held to their case's contract: read those cases first.
+        completing = Status.COMPLETED.value
+        done = {i for u, i in zip(updates, ids, strict=True) if i and u.status == completing}
+        cases = await self.store.cases(sorted(done)) if done else {}
         now = self.clock.now()
         ops = [
-            self.update_transition(
-                region, u, by_ref, now, cases.get(u.case_id or by_ref.get(u.partner_ref or "", ""))
-            )
-            for u in updates
+            self.update_transition(region, u, by_ref, now, cases.get(i))
+            for u, i in zip(updates, ids, strict=True)
         ]
         results = await self.store.write(ops, now) if ops else []
         details, applied = [], 0

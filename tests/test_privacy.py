@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import orjson
@@ -36,6 +38,23 @@ class LeakyAdapter(RestJsonAdapter):
         return await super().submit(case, ctx)
 
 
+@asynccontextmanager
+async def gateway_with(tmp_path: Path, rest_json: type[RestJsonAdapter]) -> AsyncIterator[Gateway]:
+    """A gateway whose partners speak through ``rest_json`` (a subclass under test), with a
+    simulator on loopback for them."""
+    handler_sim = simulator(HANDLER, 0)
+    port = await handler_sim.start("127.0.0.1", 0)
+    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, {ORIGIN: port, HANDLER: port}, port)
+    gw = Gateway(config, poll_interval=0.05,
+                 adapter_kinds={**discover(), "rest_json": rest_json})  # fmt: skip
+    try:
+        await gw.start()
+        yield gw
+    finally:
+        await gw.stop()
+        await handler_sim.stop()
+
+
 def test_sensitive_values_follow_the_contract_paths() -> None:
     applicant = {"id_number": citizen_id(), "name": "张三", "phone": "13800000000"}
     payload = {"contact_phone": "13900000000", "migrants": [{"id_number": "X1"}, {"x": 1}]}
@@ -48,13 +67,7 @@ def test_sensitive_values_follow_the_contract_paths() -> None:
 async def test_a_leaky_adapter_logs_masked_values(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    handler_sim = simulator(HANDLER, 0)
-    port = await handler_sim.start("127.0.0.1", 0)
-    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, {ORIGIN: port, HANDLER: port}, port)
-    kinds = {**discover(), "rest_json": LeakyAdapter}  # the handler's rest_json is the leaky one
-    gw = Gateway(config, poll_interval=0.05, adapter_kinds=kinds)
-    await gw.start()
-    try:
+    async with gateway_with(tmp_path, LeakyAdapter) as gw:
         caplog.set_level(logging.INFO)
         status, _ = await gw.service.submit(ORIGIN, orjson.dumps(medical_filing("P-1")))
         assert status == 202
@@ -66,9 +79,6 @@ async def test_a_leaky_adapter_logs_masked_values(
         for value in (citizen_id(), "张三", "13800000000"):
             assert value not in text
         assert "submitting for *** (***), phone ***, contact ***" in text
-    finally:
-        await gw.stop()
-        await handler_sim.stop()
 
 
 class QuotingAdapter(RestJsonAdapter):
@@ -82,13 +92,7 @@ class QuotingAdapter(RestJsonAdapter):
 async def test_a_refusal_quoting_the_applicant_is_masked_wherever_it_goes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    handler_sim = simulator(HANDLER, 0)
-    port = await handler_sim.start("127.0.0.1", 0)
-    config = gateway_config(f"sqlite:///{tmp_path}/gw.db", 0, {ORIGIN: port, HANDLER: port}, port)
-    gw = Gateway(config, poll_interval=0.05,
-                 adapter_kinds={**discover(), "rest_json": QuotingAdapter})  # fmt: skip
-    await gw.start()
-    try:
+    async with gateway_with(tmp_path, QuotingAdapter) as gw:
         caplog.set_level(logging.INFO)
         status, case = await gw.service.submit(ORIGIN, orjson.dumps(medical_filing("P-2")))
         assert status == 202
@@ -114,6 +118,3 @@ async def test_a_refusal_quoting_the_applicant_is_masked_wherever_it_goes(
             assert "张三" not in text and citizen_id() not in text, where
         assert "申请人***（***）在本省无参保记录" in seen["dead letter"]
         assert "申请人***（***）在本省无参保记录" in seen["failed event"]
-    finally:
-        await gw.stop()
-        await handler_sim.stop()

@@ -249,8 +249,6 @@ class SqliteStore:
         self.ready = True
 
     def _open_writer(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -264,7 +262,7 @@ class SqliteStore:
 
     def _take_parts(self) -> None:
         """Hold this process's parts (api, workers) of the database, or raise naming the one
-        another process holds."""
+        another process holds. Makes the database's folder first."""
         if self.path == ":memory:":
             return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -594,13 +592,17 @@ class SqliteStore:
         return CaseDetail(case_from_row(row), events, cursors, ignored)
 
     async def cases(self, case_ids: Sequence[str]) -> dict[str, CaseRecord]:
-        found: dict[str, CaseRecord] = {}
-        for chunk in _chunks(list(case_ids), 500):
+        rows = await self._rows_in(f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id", case_ids)
+        return {r[0]: case_from_row(r) for r in rows}
+
+    async def _rows_in(self, select: str, keys: Sequence[str]) -> list[Any]:
+        """The rows of ``select`` (ending in the key column) ``IN`` the keys, 500 at a time."""
+        rows: list[Any] = []
+        for chunk in _chunks(list(keys), 500):
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id IN ({marks})"
-            async with self._rdb.execute(sql, chunk) as cur:
-                found.update({r[0]: case_from_row(r) for r in await cur.fetchall()})
-        return found
+            async with self._rdb.execute(f"{select} IN ({marks})", chunk) as cur:
+                rows += await cur.fetchall()
+        return rows
 
     async def list_cases(self, flt: CaseFilter, limit: int, before: str | None) -> list[CaseRecord]:
         where, params = [], []
@@ -782,13 +784,8 @@ class SqliteStore:
             return [audit_from_row(r) for r in await cur.fetchall()]
 
     async def events_by_id(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
-        found: dict[str, EventRecord] = {}
-        for chunk in _chunks(list(event_ids), 500):
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id IN ({marks})"
-            async with self._rdb.execute(sql, chunk) as cur:
-                found.update({r[1]: event_from_row(r) for r in await cur.fetchall()})
-        return found
+        rows = await self._rows_in(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id", event_ids)
+        return {r[1]: event_from_row(r) for r in rows}
 
     async def stats(self, now: float) -> Mapping[str, float]:
         db = self._rdb
