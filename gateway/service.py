@@ -465,6 +465,7 @@ class CaseService:
             handler=region,
             result_problem=self.result_problem(case, data) if case and status is Status.COMPLETED
             else None,
+            partner_event_id=u.partner_event_id,
         )  # fmt: skip
 
     def result_problem(self, case: CaseRecord, result: Mapping[str, Any]) -> str | None:

@@ -29,6 +29,8 @@ class Refused:
 
 
 NOT_FOUND = Refused("no such case", record=False)
+PARTNER_EVENTS_KEPT = 64  # a case's applied partner report ids kept for spotting repeats
+REPEATED = "the partner already reported this event (same partner event id)"
 
 
 def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
@@ -39,6 +41,9 @@ def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
         if t.handler in legs.regions(case):
             return Refused(f"{t.handler} does not handle the leg under way")
         return NOT_FOUND
+    seen = f"{t.handler}:{t.partner_event_id}" if t.partner_event_id else None
+    if seen and seen in case.partner_events:
+        return Refused(REPEATED)
     moved = _move(case, t)
     if isinstance(moved, str):
         return Refused(moved)
@@ -67,6 +72,8 @@ def apply(case: CaseRecord, t: Transition, now: float) -> Applied | Refused:
         else case.prior_status,
         updated_at=now,
         last_seq=event.seq,
+        partner_events=[*case.partner_events, seen][-PARTNER_EVENTS_KEPT:] if seen
+        else case.partner_events,
     )  # fmt: skip
     partner_has_it = lifecycle.partner_has_case(legs.leg_status(case))
     jobs = tuple(j for j in t.jobs if partner_has_it or not j.only_if_partner_has_case)

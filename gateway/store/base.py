@@ -50,6 +50,10 @@ class CaseRecord:
     paused_at: float | None = None  # when the time-limit clock stopped (补正), if it is stopped
     legs: list[JSON] = field(default_factory=list)  # multi_site: every leg's state (gateway.legs)
     leg: int = 0  # multi_site: the index of the leg under way
+    # ``region:id`` of the partner reports applied to the case, newest last (at most
+    # ``gateway.transition.PARTNER_EVENTS_KEPT``): a report that comes again under the same id
+    # is ignored.
+    partner_events: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,10 @@ class Transition:
     # if it would complete the case other than as denied. Checked by the caller, which knows the
     # contract; a multi-site leg that hands over is not held to it.
     result_problem: str | None = None
+    # The partner's own id of the report (``StatusUpdate.partner_event_id``): a report already
+    # applied under that id is refused, even where the state machine would allow the move again
+    # (a redelivered 补正 request after the origin answered it).
+    partner_event_id: str | None = None
 
 
 @dataclass(frozen=True)

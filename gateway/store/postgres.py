@@ -66,6 +66,7 @@ from gateway.store.rows import (
     JOB_COLUMNS,
     NOT_PAUSED,
     OVERDUE_INDEX,
+    PARTNER_EVENTS_COLUMN,
     PAUSES_SELECT,
     PAUSES_TABLE,
     QUEUES_SQL,
@@ -221,15 +222,16 @@ MIGRATIONS: list[str] = [
     """,
     OVERDUE_INDEX,
     PAUSES_TABLE,
+    PARTNER_EVENTS_COLUMN,
 ]
 
 _INSERT_CASE = (
-    f"INSERT INTO cases ({CASE_COLUMNS}) VALUES (" + ", ".join(f"${i}" for i in range(1, 25)) + ")"
+    f"INSERT INTO cases ({CASE_COLUMNS}) VALUES (" + ", ".join(f"${i}" for i in range(1, 26)) + ")"
 )
 _UPDATE_CASE = (
     "UPDATE cases SET status = $1, prior_status = $2, outcome = $3, result = $4, "
     "partner_ref = $5, updated_at = $6, last_seq = $7, deadline = $8, paused_at = $9, "
-    "handling_region = $10, legs = $11, leg = $12 WHERE case_id = $13"
+    "handling_region = $10, legs = $11, leg = $12, partner_events = $13 WHERE case_id = $14"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (event_id, case_id, seq, status, outcome, at, item_code, "

@@ -18,7 +18,8 @@ from gateway.store.base import AuditItem, AuditRecord, CaseRecord, EventRecord, 
 CASE_COLUMNS = (
     "case_id, request_id, origin_region, handling_region, item_code, contract_version, mode, "
     "status, prior_status, outcome, result, partner_ref, body_hash, applicant, payload, "
-    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at, legs, leg"
+    "attachments, recipients, created_at, updated_at, deadline, last_seq, paused_at, legs, leg, "
+    "partner_events"
 )
 EVENT_COLUMNS = (
     "feed_id, event_id, case_id, seq, status, outcome, at, item_code, contract_version, "
@@ -57,6 +58,7 @@ def case_from_row(row: Sequence[Any]) -> CaseRecord:
         paused_at=row[21],
         legs=orjson.loads(row[22]),
         leg=row[23],
+        partner_events=orjson.loads(row[24]),
     )
 
 
@@ -68,6 +70,7 @@ def case_row(c: CaseRecord) -> tuple[Any, ...]:
         dumps(c.result) if c.result is not None else None, c.partner_ref, c.body_hash,
         dumps(c.applicant), dumps(c.payload), dumps(c.attachments), dumps(c.recipients),
         c.created_at, c.updated_at, c.deadline, c.last_seq, c.paused_at, dumps(c.legs), c.leg,
+        dumps(c.partner_events),
     )  # fmt: skip
 
 
@@ -75,7 +78,8 @@ def case_update_row(c: CaseRecord) -> tuple[Any, ...]:
     return (
         c.status.value, c.prior_status.value if c.prior_status else None, c.outcome,
         dumps(c.result) if c.result is not None else None, c.partner_ref, c.updated_at,
-        c.last_seq, c.deadline, c.paused_at, c.handling_region, dumps(c.legs), c.leg, c.case_id,
+        c.last_seq, c.deadline, c.paused_at, c.handling_region, dumps(c.legs), c.leg,
+        dumps(c.partner_events), c.case_id,
     )  # fmt: skip
 
 
@@ -162,5 +166,7 @@ PAUSES_TABLE = (
     "CREATE TABLE partner_pauses (region TEXT PRIMARY KEY, "
     "paused_at DOUBLE PRECISION NOT NULL, paused_by TEXT NOT NULL)"
 )
+# The partner reports applied to each case (``CaseRecord.partner_events``), both dialects.
+PARTNER_EVENTS_COLUMN = "ALTER TABLE cases ADD COLUMN partner_events TEXT NOT NULL DEFAULT '[]'"
 NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM partner_pauses p WHERE p.region = jobs.region)"
 PAUSES_SELECT = "SELECT region, paused_at, paused_by FROM partner_pauses"

@@ -61,6 +61,7 @@ from gateway.store.rows import (
     JOB_COLUMNS,
     NOT_PAUSED,
     OVERDUE_INDEX,
+    PARTNER_EVENTS_COLUMN,
     PAUSES_SELECT,
     PAUSES_TABLE,
     QUEUES_SQL,
@@ -211,6 +212,7 @@ MIGRATIONS: list[str] = [
     """,
     OVERDUE_INDEX,
     PAUSES_TABLE,
+    PARTNER_EVENTS_COLUMN,
 ]
 
 
@@ -403,8 +405,9 @@ class SqliteStore:
             "UPDATE cases SET status = v.column1, prior_status = v.column2, outcome = v.column3, "
             "result = v.column4, partner_ref = v.column5, updated_at = v.column6, "
             "last_seq = v.column7, deadline = v.column8, paused_at = v.column9, "
-            "handling_region = v.column10, legs = v.column11, leg = v.column12 "
-            "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column13",
+            "handling_region = v.column10, legs = v.column11, leg = v.column12, "
+            "partner_events = v.column13 "
+            "FROM (VALUES {values}) AS v WHERE cases.case_id = v.column14",
             [case_update_row(b.cases[i]) for i in b.changed],
         )
         _insert(
