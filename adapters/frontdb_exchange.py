@@ -11,7 +11,7 @@ dependency imported only when such a DSN is configured; a pool of at most ``pool
 connections, none kept open when idle). Every call runs under ``min(timeout, ctx.timeout)``.
 
 Upward rows (one per submit, supplement and withdrawal; names are the defaults, all renameable
-through ``up_columns``, the optional ones can be switched off with ``null``)::
+through ``up_columns``, the optional ones can be left out with ``None``, or ``false`` in TOML)::
 
     JHBH   交换编号  exchange key, UNIQUE: "<case_id>-<kind code>", for a supplement
                       "<case_id>-<kind code>-<16 hex of the content's SHA-256>"
@@ -128,10 +128,34 @@ _CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _BATCH = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
-class UpColumns(BaseModel):
-    """Our name → the partner's column, for the upward table; ``None`` leaves a column out."""
+class _Columns(BaseModel):
+    """Our name → the partner's column. ``None`` leaves an optional column out; so does
+    ``false``, since a TOML file has no null."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _false_leaves_out(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if value is not False or field is None:
+                continue
+            if not _optional(field.annotation):
+                raise ValueError(f"{name}: this column is needed and cannot be left out")
+            out[name] = None
+        return out
+
+
+def _optional(annotation: Any) -> bool:
+    return type(None) in getattr(annotation, "__args__", ())
+
+
+class UpColumns(_Columns):
+    """The upward table's columns (``SJ_SQ_UP``)."""
 
     exchange_key: Column | None = "JHBH"
     case_id: Column = "BJBH"
@@ -145,10 +169,8 @@ class UpColumns(BaseModel):
     created_at: Column | None = "CJSJ"
 
 
-class DownColumns(BaseModel):
-    """Our name → the partner's column, for the downward table; ``None`` leaves a column out."""
-
-    model_config = ConfigDict(extra="forbid")
+class DownColumns(_Columns):
+    """The downward table's columns (``SJ_JG_DOWN``)."""
 
     id: Column = "ID"
     case_id: Column = "BJBH"

@@ -15,6 +15,7 @@ import os
 import random
 import sqlite3
 import sys
+import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -181,6 +182,26 @@ async def test_submit_writes_one_mapped_row(
     assert content["requestId"] == case().request_id
     assert content["form"] == {"insured_region": "510100", "start_date": "2026-12-01"}
     assert content["applicant"]["name"] == NAME
+
+
+async def test_optional_columns_are_left_out_with_false_in_toml(
+    make: Factory, partner: FrontDbProvinceSimulator, ctx: AdapterContext
+) -> None:
+    # A TOML file has no null: an optional column the partner's table lacks is set to false.
+    settings = tomllib.loads(
+        "[up_columns]\ncreated_at = false\nid_number = false\n[down_columns]\ntaken_at = false\n"
+    )
+    adapter = make(**settings)
+    assert (adapter.settings.up_columns.created_at, adapter.settings.down_columns.taken_at) == (
+        None,
+        None,
+    )
+    assert await adapter.submit(case(), ctx) == Accepted()
+    [row] = await partner.rows("up")
+    assert row["BJBH"] == case().case_id
+    assert (row["CJSJ"], row["ZJHM"]) == (None, None)  # nothing written there
+    with pytest.raises(ValidationError, match="case_id: this column is needed"):
+        make(**tomllib.loads("[up_columns]\ncase_id = false\n"))
 
 
 async def test_a_retry_inserts_no_second_row(
