@@ -1,7 +1,10 @@
-"""The API and the workers as two processes on one SQLite database (``tongban serve --role``).
+"""The API and the workers as two processes on one store (``tongban serve --role``).
 
 The API process accepts and answers; the workers process dispatches, delivers and polls, and
 serves only its health and metrics. Both are real processes; the partners are real simulators.
+The tests that carry cases run on both backends (on PostgreSQL the workers learn of new work by
+LISTEN/NOTIFY, on SQLite by the database's data version); refusing a second process for a part is
+SQLite's alone, since PostgreSQL takes any number of processes of any role.
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ class Split:
 
 
 @asynccontextmanager
-async def split(tmp_path: Path) -> AsyncIterator[Split]:
+async def split(
+    tmp_path: Path, store: str | None = None, settings: str = ""
+) -> AsyncIterator[Split]:
     api_port, workers_port, hub_port = free_port(), free_port(), free_port()
     ports = {ORIGIN: free_port(), HANDLER: free_port()}
     sims = {r: simulator(r, api_port) for r in ports}
     hub = ProvinceSimulator(SimulatorSettings(region="100000", callback_secret=HUB_SECRET))
-    config = gateway_toml(tmp_path, api_port, ports, hub_port)
+    config = gateway_toml(tmp_path, api_port, ports, hub_port, store=store, settings=settings)
     api = GatewayProcess(config, api_port, ("--role", "api"))
     workers_args = ("--role", "workers", "--listen", f"127.0.0.1:{workers_port}")
     workers = GatewayProcess(config, workers_port, workers_args)
@@ -80,8 +85,10 @@ async def _dispatch_calls(session: aiohttp.ClientSession, port: int) -> float:
     return sum(float(v) for v in found)
 
 
-async def test_the_api_accepts_and_the_workers_process_carries_every_case(tmp_path: Path) -> None:
-    async with split(tmp_path) as s:
+async def test_the_api_accepts_and_the_workers_process_carries_every_case(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with split(tmp_path, store_url) as s:
         ids = await submit_filings(s.origin, "ZJ-R1", 30)
         await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=60,
                        what="every case completed and delivered to the origin")  # fmt: skip
@@ -123,9 +130,12 @@ async def test_a_second_process_for_a_part_already_running_is_refused(tmp_path: 
 
 
 async def test_a_killed_workers_process_is_replaced_and_every_case_completes(
-    tmp_path: Path,
+    tmp_path: Path, store_url: str
 ) -> None:
-    async with split(tmp_path) as s:
+    # On PostgreSQL the dead process's leases run out (lease_seconds); on SQLite the new workers
+    # process, the only leaseholder there, releases them when it opens the store.
+    short_leases = "request_timeout_seconds = 2\nlease_seconds = 9"
+    async with split(tmp_path, store_url, short_leases) as s:
         s.sims[HANDLER].settings.latency = 0.3  # calls and reports in flight at the kill
         ids = await submit_filings(s.origin, "ZJ-R3", 20)
 
@@ -135,7 +145,7 @@ async def test_a_killed_workers_process_is_replaced_and_every_case_completes(
         await wait_for(some_sent, what="the workers process calling the partner")
         s.workers.kill()
         more = await submit_filings(s.origin, "ZJ-R3-after", 5)  # the API goes on accepting
-        await s.workers.start(s.origin.session)  # releases the dead process's leases at once
+        await s.workers.start(s.origin.session)
         ids += more
         await wait_for(lambda: complete_in_order(s.sims[ORIGIN], ids), within=90,
                        what="every case completed and delivered after the restart")  # fmt: skip
