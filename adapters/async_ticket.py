@@ -13,15 +13,23 @@ Native protocol (paths configurable; names as below):
 - every call carries ``X-App-Key``, ``X-Timestamp`` (Unix seconds) and ``X-Sign``, the lowercase
   hex SHA-256 of ``app_key + app_secret + timestamp`` (header names configurable);
 - submit: ``POST {base_url}{submit_path}`` with ``{"caseId", "requestId", "itemCode",
-  "itemVersion", "originRegion", "applicant", "form", "attachments"}``; the answer is
-  ``{"code": "0", "ticket": "…"}``. ``caseId`` is our external reference, so a repeated submit
-  gets the same ticket back;
+  "itemVersion", "originRegion", "applicant", "form", "attachments"}`` (reshaped by the mapping
+  below); the answer is ``{"code": "0", "ticket": "…"}``. ``caseId`` is our external reference,
+  so a repeated submit gets the same ticket back;
 - status: ``GET {base_url}{status_path}`` (``{ticket}`` filled in) answers ``{"code": "0",
   "ticket", "caseId"?, "statusCode", "outcome"?, "result"?, "message"?, "eventId"?}``;
 - supplement / withdraw: ``POST`` to the ticket's path with ``{"caseId", "note", "payload",
   "attachments"}`` / ``{"caseId", "reason"}``; the answer is ``{"code": "0"}``;
 - callback: one notice object, or a JSON array of them, each shaped like a status answer without
   ``code`` and with at least ``ticket`` or ``caseId``.
+
+The submit body is the one ``rest_json`` sends, and so is its declarative mapping
+(:mod:`adapters.body_mapping`; all empty by default, which sends the body as it is):
+``code_tables`` and ``date_formats`` rewrite values, then ``field_map`` moves fields, then
+``constants`` are put in every request (supplements and withdrawals too); the ``result.<name>``
+entries bring the result fields of status answers and callbacks back in our codes and ISO 8601.
+A case the mapping cannot render (a code with no entry, a date that is not ISO 8601) is
+permanent, and its reason names the field, never the value.
 
 Polling reports what the partner says, stale or not: the gateway's state machine records a
 backward or repeated move as ignored. To keep that list short, a poll reports a ticket's status
@@ -52,6 +60,7 @@ import aiohttp
 import orjson
 from pydantic import Field, field_validator, model_validator
 
+from adapters.body_mapping import BodyMapping, BodyMappingSettings, RenderError, submit_body
 from adapters.sdk import (
     Accepted,
     AdapterContext,
@@ -104,7 +113,7 @@ def _scalar(value: object) -> str | None:
     return str(value)
 
 
-class AsyncTicketSettings(AdapterSettings):
+class AsyncTicketSettings(BodyMappingSettings):
     kind: Literal["async_ticket"] = "async_ticket"
     base_url: str = Field(pattern=r"^https?://\S+$")
     submit_path: str = "/tickets"
@@ -198,21 +207,18 @@ class AsyncTicketAdapter:
         self._reported: dict[str, _Reported] = {}
         self._poll_not_before = 0.0
         self._repeat_after = max(DECISION_REPEAT_SECONDS, 2 * settings.poll_interval)
+        self._mapping = BodyMapping(settings)
 
     # -- outbound ---------------------------------------------------------------------------
 
     def render(self, case: CanonicalCase) -> dict[str, Any]:
-        """The native submit body: pure, so tests can inspect it."""
-        return {
-            "caseId": case.case_id,
-            "requestId": case.request_id,
-            "itemCode": case.item_code,
-            "itemVersion": case.contract_version,
-            "originRegion": case.origin_region,
-            "applicant": dict(case.applicant),
-            "form": dict(case.payload),
-            "attachments": [dict(a) for a in case.attachments],
-        }
+        """The native submit body: pure, so tests can inspect it.
+
+        RenderError (a ValueError naming the field, never its value) when the mapping cannot
+        put a value in the partner's form.
+        """
+        attachments = [dict(a) for a in case.attachments]
+        return self._mapping.render(submit_body(case, attachments))
 
     def auth_headers(self, now: float) -> dict[str, str]:
         s = self.settings
@@ -224,7 +230,11 @@ class AsyncTicketAdapter:
         }
 
     async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
-        answer = await self._call("POST", self.settings.submit_path, self.render(case), ctx)
+        try:
+            body = self.render(case)
+        except RenderError as exc:
+            return Permanent(f"cannot render the case: {exc}")
+        answer = await self._call("POST", self.settings.submit_path, body, ctx)
         if not isinstance(answer, dict):
             return answer
         ticket = _ticket(answer.get("ticket"))
@@ -241,14 +251,22 @@ class AsyncTicketAdapter:
         if not case.partner_ref:
             return Permanent("no ticket to send the supplement to")
         path = self._path(self.settings.supplement_path, case.partner_ref)
-        answer = await self._call("POST", path, {"caseId": case.case_id, **material}, ctx)
+        try:
+            body = self._mapping.supplement(case.case_id, material)
+        except RenderError as exc:
+            return Permanent(f"cannot render the supplement: {exc}")
+        answer = await self._call("POST", path, body, ctx)
         return Accepted() if isinstance(answer, dict) else answer
 
     async def withdraw(self, case: CanonicalCase, reason: str, ctx: AdapterContext) -> Outcome:
         if not case.partner_ref:
             return Permanent("no ticket to withdraw")
         path = self._path(self.settings.withdraw_path, case.partner_ref)
-        answer = await self._call("POST", path, {"caseId": case.case_id, "reason": reason}, ctx)
+        try:
+            body = self._mapping.withdrawal(case.case_id, reason)
+        except RenderError as exc:
+            return Permanent(f"cannot render the withdrawal: {exc}")
+        answer = await self._call("POST", path, body, ctx)
         return Accepted() if isinstance(answer, dict) else answer
 
     def _path(self, template: str, ticket: str) -> str:
@@ -479,6 +497,7 @@ class AsyncTicketAdapter:
             data = dict(result)
         elif result is not None:
             data = {"value": result}
+        data = self._mapping.result(data)
         message = report.get("message")
         if status in ("rejected", "supplement_required") and isinstance(message, str) and message:
             data["message"] = message[:MAX_MESSAGE_CHARS]

@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,9 @@ from adapters.sdk import (
     build,
     discover,
 )
-from gateway.app import Gateway
+from gateway.app import Gateway, build_adapters
 from gateway.clock import Clock, ManualClock, SystemClock
+from gateway.config import ConfigError
 from gateway.identifiers import id_check_char
 from gateway.simulators.rest import ProvinceSimulator, SimulatorSettings
 from gateway.simulators.ticket import TicketProvinceSimulator, TicketSimulatorSettings
@@ -638,6 +639,211 @@ async def test_an_unchanged_decision_is_repeated_now_and_then_other_statuses_nev
         assert await a.poll([cases[1]], ctx) == []
         assert [u.status for u in await a.poll(cases, ctx)] == ["completed"]
         assert [u.status for u in await a.poll(cases, ctx)] == []
+
+
+# ---- declarative mapping ------------------------------------------------------------------------
+
+MAPPED_CASE = replace(
+    CASE,
+    case_id="C01TICKETTEST0000000000002",
+    applicant={"id_type": "414", "id_number": ID_NUMBER, "name": NAME, "sex": "2"},
+    payload={"insured_region": "510100", "start_date": "2026-12-01",
+             "filed_at": "2026-11-30T17:05:00Z"},
+    attachments=({"name": "a.pdf", "media_type": "application/pdf", "sha256": "ab" * 32},),
+)  # fmt: skip
+THEIR_SEX = {"1": "M", "2": "F", "*": "U"}
+THEIR_ID_TYPES = {"111": "1", "113": "2", "414": "A"}
+MAPPING: dict[str, Any] = {
+    "code_tables": {
+        "applicant.sex": THEIR_SEX,
+        "applicant.id_type": THEIR_ID_TYPES,
+        "result.holder.sex": THEIR_SEX,
+        "result.holder.id_type": {**THEIR_ID_TYPES, "*": "Z"},
+    },
+    "date_formats": {
+        "payload.start_date": "yyyyMMdd",
+        "form.filed_at": "yyyyMMddHHmmss",
+        "result.decided_at": "yyyyMMddHHmmss",
+        "result.valid_from": "yyyyMMdd",
+    },
+    "field_map": {"applicant.id_number": "applicant.zjhm"},
+    "constants": {"channel": "KSTB", "head.version": "2.0"},
+}
+# A decided case as the partner reports it, and what the origin must receive.
+THEIR_RESULT = {"decision_no": "川通办决字〔2026〕000002号", "holder": {"sex": "F", "id_type": "A"},
+                "decided_at": "20261201093000", "valid_from": 20261202, "note": "M"}  # fmt: skip
+OUR_RESULT = {"decision_no": "川通办决字〔2026〕000002号", "holder": {"sex": "2", "id_type": "414"},
+              "decided_at": "2026-12-01T09:30:00+08:00", "valid_from": "2026-12-02",
+              "note": "M"}  # fmt: skip
+
+
+@asynccontextmanager
+async def recording_partner() -> AsyncIterator[tuple[str, list[tuple[str, Any]]]]:
+    """A partner double that takes every call and keeps (path, JSON body) of each."""
+    received: list[tuple[str, Any]] = []
+
+    async def take(request: web.Request) -> web.Response:
+        received.append((request.path, orjson.loads(await request.read())))
+        return answer({"code": "0", "ticket": "SL51-MAPPED"})
+
+    async with double(take) as url:
+        yield url, received
+
+
+async def test_submit_sends_codes_dates_and_names_in_the_partners_form() -> None:
+    async with recording_partner() as (url, received), context() as ctx:
+        taken = await adapter(base_url=url, **MAPPING).submit(MAPPED_CASE, ctx)
+        assert taken == Accepted(partner_ref="SL51-MAPPED")
+    [(path, sent)] = received
+    assert path == "/tickets"
+    assert sent == {
+        "caseId": MAPPED_CASE.case_id,
+        "requestId": MAPPED_CASE.request_id,
+        "itemCode": "KSTB-YB-001",
+        "itemVersion": 1,
+        "originRegion": ORIGIN,
+        "applicant": {"id_type": "A", "name": NAME, "sex": "F", "zjhm": ID_NUMBER},
+        # 17:05 UTC on 30 November is 01:05 on 1 December in the partner's UTC+8
+        "form": {"insured_region": "510100", "start_date": "20261201",
+                 "filed_at": "20261201010500"},
+        "attachments": [dict(MAPPED_CASE.attachments[0])],
+        "channel": "KSTB",
+        "head": {"version": "2.0"},
+    }  # fmt: skip
+    assert MAPPED_CASE.applicant["sex"] == "2" and MAPPED_CASE.payload["start_date"] == "2026-12-01"
+
+
+async def test_without_mapping_settings_the_body_goes_as_it_is() -> None:
+    async with recording_partner() as (url, received), context() as ctx:
+        assert isinstance(await adapter(base_url=url).submit(MAPPED_CASE, ctx), Accepted)
+    [(_, sent)] = received
+    assert sent["applicant"] == dict(MAPPED_CASE.applicant)
+    assert sent["form"] == dict(MAPPED_CASE.payload)
+    assert list(sent) == ["caseId", "requestId", "itemCode", "itemVersion", "originRegion",
+                          "applicant", "form", "attachments"]  # fmt: skip
+
+
+async def test_utc_offset_hours_sets_the_partners_time() -> None:
+    async with recording_partner() as (url, received), context() as ctx:
+        a = adapter(base_url=url, date_formats={"payload.filed_at": "yyyy-MM-dd HH:mm:ss"},
+                    utc_offset_hours=0)  # fmt: skip
+        assert isinstance(await a.submit(MAPPED_CASE, ctx), Accepted)
+    assert received[0][1]["form"]["filed_at"] == "2026-11-30 17:05:00"
+
+
+async def test_constants_go_with_supplements_and_withdrawals_and_tables_do_not() -> None:
+    async with recording_partner() as (url, received), context() as ctx:
+        a = adapter(base_url=url, **MAPPING)
+        held = case(MAPPED_CASE.case_id, "SL51-MAPPED")
+        material = {"note": "补充", "payload": {"start_date": "2026-12-03"}, "attachments": []}
+        assert await a.supplement(held, material, ctx) == Accepted()
+        assert await a.withdraw(held, "申请人撤回", ctx) == Accepted()
+    assert received == [
+        ("/tickets/SL51-MAPPED/supplements",
+         {"caseId": held.case_id, **material, "channel": "KSTB", "head": {"version": "2.0"}}),
+        ("/tickets/SL51-MAPPED/withdraw",
+         {"caseId": held.case_id, "reason": "申请人撤回", "channel": "KSTB",
+          "head": {"version": "2.0"}}),
+    ]  # fmt: skip
+    assert material == {"note": "补充", "payload": {"start_date": "2026-12-03"}, "attachments": []}
+
+
+@pytest.mark.parametrize(
+    ("applicant", "payload", "reason"),
+    [
+        ({"id_type": "513"}, {},
+         "cannot render the case: applicant.id_type: the value has no entry in its code table"),
+        ({}, {"start_date": "2026/12/01"},
+         "cannot render the case: payload.start_date: not an ISO 8601 date or date-time"),
+        ({}, {"filed_at": 20261130},
+         "cannot render the case: form.filed_at: not an ISO 8601 date or date-time"),
+        ({"sex": {"code": "2"}}, {},
+         "cannot render the case: applicant.sex: holds a dict, not a code"),
+    ],
+    ids=["no-entry", "not-iso", "not-a-string", "not-a-code"],
+)  # fmt: skip
+async def test_a_case_the_mapping_cannot_render_is_permanent_and_not_sent(
+    applicant: dict[str, Any], payload: dict[str, Any], reason: str
+) -> None:
+    bad = replace(MAPPED_CASE, applicant={**MAPPED_CASE.applicant, **applicant},
+                  payload={**MAPPED_CASE.payload, **payload})  # fmt: skip
+    async with recording_partner() as (url, received), context() as ctx:
+        assert await adapter(base_url=url, **MAPPING).submit(bad, ctx) == Permanent(reason)
+    assert received == []  # nothing reached the partner
+
+
+async def test_status_answers_bring_result_fields_back_in_our_words() -> None:
+    async def status(request: web.Request) -> web.Response:
+        ticket = request.match_info["tail"].rsplit("/", 1)[-1]
+        return answer(
+            {
+                "code": "0",
+                "ticket": ticket,
+                "caseId": "C-MAP",
+                "statusCode": "11",
+                "outcome": "准予",
+                "result": THEIR_RESULT,
+                "eventId": f"{ticket}-05",
+            }
+        )
+
+    async with double(status) as url, context() as ctx:
+        a = adapter(base_url=url, mode="poll", **MAPPING)
+        updates = await a.poll([case("C-MAP", "SL51-MAP")], ctx)
+    assert updates == [StatusUpdate("completed", case_id="C-MAP", partner_ref="SL51-MAP",
+                                    outcome="approved", data=OUR_RESULT,
+                                    partner_event_id="SL51-MAP-05")]  # fmt: skip
+
+
+def test_callbacks_bring_result_fields_back_in_our_words() -> None:
+    a = adapter(**MAPPING)
+    unknown = {**THEIR_RESULT, "holder": {"sex": "X", "id_type": "Z"}, "decided_at": "2026-12-01"}
+    updates = a.parse_inbound(body([
+        {"ticket": "SL51-1", "statusCode": "11", "outcome": "1", "result": THEIR_RESULT},
+        {"ticket": "SL51-2", "statusCode": "11", "outcome": "1", "result": unknown},
+        {"ticket": "SL51-3", "statusCode": "6", "message": "请补充",
+         "result": {"valid_from": "20261205"}},
+    ]), {})  # fmt: skip
+    assert updates[0].data == OUR_RESULT
+    # A code with no entry ("Z" is only the "*" fallback), or a date not in the pattern, is kept.
+    assert updates[1].data["holder"] == {"sex": "X", "id_type": "Z"}
+    assert updates[1].data["decided_at"] == "2026-12-01"
+    assert updates[2].data == {"valid_from": "2026-12-05", "message": "请补充"}
+    assert THEIR_RESULT["holder"] == {"sex": "F", "id_type": "A"}  # the partner's report as it was
+
+
+@pytest.mark.parametrize(
+    ("bad", "key", "problem"),
+    [
+        ({"date_formats": {"payload.start_date": "yyyy/MM/dd hh"}}, "date_formats",
+         "unsupported date pattern 'yyyy/MM/dd hh'"),
+        ({"code_tables": {"handling.region": {"1": "2"}}}, "code_tables",
+         "'handling.region' does not start with a field of the request"),
+        ({"date_formats": {"result": "yyyyMMdd"}}, "date_formats",
+         "'result' does not start with a field of the request"),
+        ({"field_map": {"result.decided_at": "jdsj"}}, "field_map",
+         "'result.decided_at' does not start with a field of the request"),
+        ({"field_map": {"payload.x": "a", "payload.y": "a"}}, "field_map",
+         "two fields are mapped to the same place"),
+        ({"constants": {"head..channel": "KSTB"}}, "constants", "is not a dotted path"),
+        ({"code_tables": {"payload.x": {"1": "2"}, "form.x": {"1": "3"}}}, "code_tables",
+         "one field is named twice"),
+        ({"utc_offset_hours": 15}, "utc_offset_hours", "less than or equal to 14"),
+    ],
+    ids=str,
+)  # fmt: skip
+def test_bad_mapping_settings_are_refused_at_start_naming_the_key(
+    bad: dict[str, Any], key: str, problem: str
+) -> None:
+    table = {"kind": "async_ticket", "base_url": "http://127.0.0.1:9", "app_key": APP_KEY,
+             "app_secret": APP_SECRET, **bad}  # fmt: skip
+    config = gateway_config("sqlite:///unused.db", 0, {ORIGIN: 9, HANDLER: 9}, 9,
+                            partner_settings={HANDLER: {"adapter": table}})  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        build_adapters(config, {**discover(), "async_ticket": AsyncTicketAdapter})
+    message = str(info.value)
+    assert message.startswith("partners[1].adapter: ")
+    assert key in message and problem in message
 
 
 # ---- through a real Gateway ---------------------------------------------------------------------
