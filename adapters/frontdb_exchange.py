@@ -92,6 +92,7 @@ import aiosqlite
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from adapters.body_mapping import submit_body
 from adapters.sdk import (
     PARTNER_STATUSES,
     Accepted,
@@ -577,17 +578,8 @@ class FrontDbAdapter:
     ) -> dict[str, Any]:
         """What goes into the payload column (SQNR) for one request kind."""
         if kind == "submit":
-            return {
-                "caseId": case.case_id,
-                "requestId": case.request_id,
-                "itemCode": case.item_code,
-                "itemVersion": case.contract_version,
-                "originRegion": case.origin_region,
-                "handlingRegion": case.handling_region,
-                "applicant": dict(case.applicant),
-                "form": dict(case.payload),
-                "attachments": [dict(a) for a in case.attachments],
-            }
+            attachments = [dict(a) for a in case.attachments]
+            return {**submit_body(case, attachments), "handlingRegion": case.handling_region}
         return {**extra, "caseId": case.case_id}
 
     def render(
