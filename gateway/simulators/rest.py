@@ -2,7 +2,12 @@
 
 *Handling partner*: it takes cases in the native JSON protocol of :mod:`adapters.rest_json`
 (``POST /cases``), works them on a timer and pushes signed progress reports to the gateway's
-``/v1/partners/{region}/inbound``, retrying until the gateway acknowledges them.
+``/v1/partners/{region}/inbound``, retrying until the gateway acknowledges them. A submit or a
+supplement may also come as a ``multipart/form-data`` upload of materials (the adapter's
+``attachment_transport = "multipart"``), told apart by its Content-Type: the JSON body in one part,
+one file part per attachment. Every file's SHA-256 must be one that the body's ``attachments``
+list gives, or the upload is refused with ``MATERIAL_MISMATCH`` (under HTTP 200, as such platforms
+answer); otherwise it is taken exactly as the JSON request.
 
 *Event receiver*: it takes the gateway's signed callbacks (``POST /events``), records them per case
 and counts duplicates and out-of-order arrivals, so tests can check the delivery guarantees.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import math
 import random
@@ -28,7 +34,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, hdrs, web
 
 from gateway.clock import iso
 from gateway.signing import KEY_HEADER, NonceCache, SignatureError, SignedRequest
@@ -49,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_REPORTS_PER_MESSAGE = 200
 REPORT_QUEUE_SIZE = 10_000
 MAX_BODY_BYTES = 16 * 1024 * 1024
+MATERIAL_MISMATCH = "E3001"  # a file of an upload whose SHA-256 the material list does not give
 
 # Native status codes of the platform this simulates (see adapters.rest_json).
 DISPATCHED, ACCEPTED, REJECTED, SUPPLEMENT, IN_PROGRESS, COMPLETED = "1", "3", "4", "6", "8", "11"
@@ -93,6 +100,10 @@ class SimulatorSettings:
     # case endpoints answer 503 with Retry-After (the seconds until it opens), as many do.
     office_hours: tuple[int, int] | None = None
     clock: Callable[[], float] = time.time
+    # A multipart upload: the part holding the JSON body, and the name of every file part (the
+    # defaults of adapters.rest_json's multipart_body_field and multipart_file_field).
+    multipart_body_field: str = "case"
+    multipart_file_field: str = "files"
 
 
 def closed_for(now: float, hours: tuple[int, int]) -> float:
@@ -123,6 +134,7 @@ class _Case:
     finished: bool = False
     supplemented: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)  # uploaded: no content kept
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -135,6 +147,10 @@ def _busy() -> web.Response:
 
 def _error(status: int, msg: str) -> web.Response:
     return _json({"code": f"E{status}", "msg": msg}, status=status)
+
+
+def _mismatch() -> web.Response:
+    return _json({"code": MATERIAL_MISMATCH, "msg": "申请材料校验失败：文件摘要与材料清单不一致"})
 
 
 class ProvinceSimulator(LoopbackServer):
@@ -233,10 +249,17 @@ class ProvinceSimulator(LoopbackServer):
 
     async def _submit(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.settings.answer_delay)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "请求体不是合法的 JSON")
+        files: list[dict[str, Any]] = []
+        if request.content_type == "multipart/form-data":
+            upload = await self._read_upload(request)
+            if isinstance(upload, web.Response):
+                return upload
+            body, files = upload
+        else:
+            try:
+                body = orjson.loads(await request.read())
+            except orjson.JSONDecodeError:
+                return _error(400, "请求体不是合法的 JSON")
         if not isinstance(body, dict):
             return _error(400, "请求体必须是 JSON 对象")
         case_id = body.get("caseId")
@@ -245,6 +268,8 @@ class ProvinceSimulator(LoopbackServer):
         form = body.get("form", {})
         if not isinstance(form, dict):
             return _error(400, "form 必须是 JSON 对象")
+        if files and not self._listed(body, files):
+            return _mismatch()
         if self._roll(self.settings.failure_rate):
             self.counters["submit_failures"] += 1
             return _busy()
@@ -260,6 +285,7 @@ class ProvinceSimulator(LoopbackServer):
             ticket=self._new_ticket(),
             simulate=simulate if isinstance(simulate, str) else None,
             item_code=str(body.get("itemCode", "")),
+            files=files,
         )
         self._cases[case_id] = case
         self._by_ticket[case.ticket] = case
@@ -274,6 +300,60 @@ class ProvinceSimulator(LoopbackServer):
         if case is None:
             return None
         return {"ticket": case.ticket, "withdrawn": case.withdrawn, "finished": case.finished}
+
+    def received_files(self, case_id: str) -> list[dict[str, Any]]:
+        """The files uploaded for a case (submit, then supplements) as this partner keeps them:
+        ``{"name", "media_type", "sha256", "size"}``, never the content. For tests."""
+        case = self._cases.get(case_id)
+        return [dict(f) for f in case.files] if case else []
+
+    async def _read_upload(
+        self, request: web.Request
+    ) -> tuple[Any, list[dict[str, Any]]] | web.Response:
+        """A ``multipart/form-data`` upload: the JSON body of its body part, and what is kept of
+        each file part. A malformed upload is answered 400, one too large 413."""
+        s = self.settings
+        body_field, file_field = s.multipart_body_field, s.multipart_file_field
+        body: Any = None
+        files: list[dict[str, Any]] = []
+        left = MAX_BODY_BYTES
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    return _error(400, "表单部分不能嵌套 multipart")
+                data = bytearray()
+                while chunk := await part.read_chunk():
+                    data += chunk
+                    left -= len(chunk)
+                    if left < 0:
+                        return _error(413, "请求体过大")
+                if part.name == body_field and body is None:
+                    try:
+                        body = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        return _error(400, f"{body_field} 部分不是合法的 JSON")
+                elif part.name == file_field and part.filename:
+                    files.append({
+                        "name": part.filename, "media_type": part.headers.get(hdrs.CONTENT_TYPE),
+                        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                    })  # fmt: skip
+                else:
+                    return _error(400, f"表单只应有一个 {body_field} 部分和 {file_field} 文件")
+        except ValueError:
+            return _error(400, "multipart 请求体格式错误")
+        if body is None:
+            return _error(400, f"缺少 {body_field} 部分")
+        return body, files
+
+    def _listed(self, body: Any, files: list[dict[str, Any]]) -> bool:
+        """Whether every uploaded file's SHA-256 is one the body's material list gives."""
+        listed = body.get("attachments") if isinstance(body, dict) else None
+        digests = {a.get("sha256") for a in listed or () if isinstance(a, dict)}
+        ok = isinstance(listed, list) and all(f["sha256"] in digests for f in files)
+        name = "attachments_verified" if ok else "attachment_problems"
+        self.counters[name] = self.counters.get(name, 0) + (len(files) if ok else 1)
+        return ok
 
     def _find(self, ref: str) -> _Case | None:
         """By ticket, or by case id for a gateway that never learned the ticket."""
@@ -296,7 +376,16 @@ class ProvinceSimulator(LoopbackServer):
             return _error(404, "未找到该办件")
         if case.withdrawn or not case.supplement_requested:
             return _error(409, "该办件不在补正状态")
-        await request.read()  # the material itself is not inspected (nor logged)
+        if request.content_type == "multipart/form-data":
+            upload = await self._read_upload(request)
+            if isinstance(upload, web.Response):
+                return upload
+            body, files = upload
+            if files and not self._listed(body, files):
+                return _mismatch()
+            case.files.extend(files)
+        else:
+            await request.read()  # the material itself is not inspected (nor logged)
         case.supplemented.set()  # a repeat is harmless: the event is already set
         return _json({"code": "0"})
 
