@@ -166,9 +166,10 @@ class AdapterContext:
 
 
 class AdapterSettings(BaseModel):
-    """Base of every adapter kind's settings; unknown keys are refused."""
+    """Base of every adapter kind's settings; unknown keys are refused. A validation error never
+    shows the input: settings hold tokens, secrets and DSNs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     kind: str
 

@@ -29,7 +29,7 @@ from gateway.contracts import (
 )
 from gateway.ids import new_id
 from gateway.lifecycle import Status
-from gateway.models import CaseSubmission, Supplement, Withdrawal
+from gateway.models import Attachment, CaseSubmission, Supplement, Withdrawal
 from gateway.registry import ContractRegistry
 from gateway.store.base import (
     CaseDetail,
@@ -119,7 +119,7 @@ class CaseService:
         payload = self._validate_payload(sub.item_code, version, sub.payload)
         leg_plan = self._legs(sub, version, payload)
         handler = leg_plan[0]["region"] if leg_plan else self._route(sub, version, payload, origin)
-        blobs = _attachment_blobs(sub)
+        blobs = _attachment_blobs(sub.attachments)
         sizes = {sha: len(content) for sha, _, content in blobs}
         given = [(a.kind, a.media_type, sizes.get(a.sha256)) for a in sub.attachments]
         problems = attachment_errors(version.attachments, given)
@@ -332,6 +332,7 @@ class CaseService:
 
     async def supplement(self, origin: str, case_id: str, body: bytes) -> dict[str, Any]:
         sub = _model(Supplement, body)
+        _attachment_blobs(sub.attachments)  # checked like a submission's, never sent unchecked
         now = self.clock.now()
         case = await self._own_case(case_id, origin)
         material = sub.model_dump(mode="json")
@@ -543,9 +544,11 @@ def _model(model: type[M], body: bytes) -> M:
         ) from None
 
 
-def _attachment_blobs(sub: CaseSubmission) -> tuple[tuple[str, str, bytes], ...]:
+def _attachment_blobs(attachments: Sequence[Attachment]) -> tuple[tuple[str, str, bytes], ...]:
+    """``(sha256, media type, content)`` of the attachments that carry their content; an
+    ApiError naming the attachment whose content is not base64 or does not match its digest."""
     blobs = []
-    for i, a in enumerate(sub.attachments):
+    for i, a in enumerate(attachments):
         if a.content_base64 is None:
             continue
         try:

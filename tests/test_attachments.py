@@ -48,3 +48,26 @@ def test_rest_json_sends_a_reference_instead_of_the_content_when_configured() ->
     )  # fmt: skip
     (sent,) = RestJsonAdapter(settings).render(case)["attachments"]
     assert sent["url"] == prefix + SHA and "content_base64" not in sent
+
+
+async def test_a_supplements_attachments_are_checked_like_a_submissions(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        w.sims[HANDLER].set_down(True)  # the case waits at the gateway; the report is ours
+        status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-ATT-2"))
+        assert status == 202, case
+        case_id = case["case_id"]
+        ask = {"reports": [{"caseId": case_id, "statusCode": "6", "eventId": "ask-1"}]}
+        status, _, _ = await w.handler.call("POST", f"/v1/partners/{HANDLER}/inbound", ask)
+        assert status == 200
+        good = {"name": "居住证明.pdf", "media_type": "application/pdf", "sha256": SHA,
+                "content_base64": base64.b64encode(CONTENT).decode()}  # fmt: skip
+        path = f"/v1/cases/{case_id}/supplements"
+        for bad, field in (({"content_base64": "not base64!"}, "content_base64"),
+                           ({"sha256": "0" * 64}, "sha256")):  # fmt: skip
+            body = {"note": "补充居住证明", "attachments": [{**good, **bad}]}
+            status, problem, _ = await w.origin.call("POST", path, body)
+            assert status == 422, problem
+            assert [e["loc"] for e in problem["errors"]] == [["attachments", 0, field]]
+            assert (await w.origin.case(case_id))["status"] == "supplement_required"
+        status, answered, _ = await w.origin.call("POST", path, {"attachments": [good]})
+        assert status == 200 and answered["status"] != "supplement_required", answered
