@@ -192,7 +192,7 @@ class RestJsonAdapter:
         listed = listed if isinstance(listed, list) else []
         try:
             files = self._files_of(listed)
-            if files is not None and "attachments" in material:
+            if self.settings.transport != "inline" and "attachments" in material:
                 material = {**material, "attachments": [self._attachment(a) for a in listed]}
             body = self._mapping.supplement(case.case_id, material)
         except RenderError as exc:

@@ -332,7 +332,7 @@ class CaseService:
 
     async def supplement(self, origin: str, case_id: str, body: bytes) -> dict[str, Any]:
         sub = _model(Supplement, body)
-        _attachment_blobs(sub.attachments)  # checked like a submission's, never sent unchecked
+        blobs = _attachment_blobs(sub.attachments)  # checked like a submission's
         now = self.clock.now()
         case = await self._own_case(case_id, origin)
         material = sub.model_dump(mode="json")
@@ -345,6 +345,7 @@ class CaseService:
             data={"supplement": True, "note": sub.note},
             origin=origin,
             jobs=(NewJob("supplement", case.handling_region, material),),
+            blobs=blobs,
         )
         return await self._origin_transition(t, case_id)
 
@@ -488,7 +489,8 @@ class CaseService:
         return None
 
     async def attachment(self, region: str, sha256: str) -> bytes:
-        """An attachment for the partner that handles a case carrying it (by reference)."""
+        """An attachment for the partner that handles a case carrying it, or was sent it with a
+        supplement (by reference)."""
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise errors.NotFound("no such attachment")
         content = await self.store.get_blob(sha256)

@@ -50,8 +50,10 @@ def test_rest_json_sends_a_reference_instead_of_the_content_when_configured() ->
     assert sent["url"] == prefix + SHA and "content_base64" not in sent
 
 
-async def test_a_supplements_attachments_are_checked_like_a_submissions(tmp_path: Path) -> None:
-    async with world(tmp_path) as w:
+async def test_a_supplements_attachments_are_checked_and_kept_like_a_submissions(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with world(tmp_path, store=store_url) as w:
         w.sims[HANDLER].set_down(True)  # the case waits at the gateway; the report is ours
         status, case, _ = await w.origin.call("POST", "/v1/cases", medical_filing("ZJ-ATT-2"))
         assert status == 202, case
@@ -71,3 +73,9 @@ async def test_a_supplements_attachments_are_checked_like_a_submissions(tmp_path
             assert (await w.origin.case(case_id))["status"] == "supplement_required"
         status, answered, _ = await w.origin.call("POST", path, {"attachments": [good]})
         assert status == 200 and answered["status"] != "supplement_required", answered
+        # The supplement's material is kept, for the handler to fetch by reference.
+        blob = f"/v1/partners/{HANDLER}/attachments/{SHA}"
+        status, content, _ = await w.handler.call("GET", blob)
+        assert status == 200 and content == CONTENT
+        status, _, _ = await w.origin.call("GET", blob)  # not the handler's key
+        assert status == 403

@@ -607,6 +607,21 @@ async def test_constants_go_with_supplements_and_withdrawals_too(partner):
     assert received[2][1] == {"caseId": CASE.case_id, "reason": "撤回", "appId": "tongban"}
 
 
+async def test_a_supplements_attachments_go_by_reference_too(partner):
+    url, received = partner
+    prefix = "https://gateway.example/v1/partners/510000/attachments/"
+    a = RestJsonAdapter(RestJsonSettings(base_url=url, attachment_url=prefix))
+    material = {"note": "补充", "attachments": [
+        {"name": "居住证明.pdf", "media_type": "application/pdf", "sha256": "ab" * 32,
+         "content_base64": "AAAA"}]}  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        ctx = AdapterContext("510000", session, SystemClock(), logging.getLogger("t.rest"), 5.0)
+        assert isinstance(await a.supplement(CASE, material, ctx), Accepted)
+    [(_, sent)] = received
+    assert sent["attachments"] == [{"name": "居住证明.pdf", "media_type": "application/pdf",
+                                    "sha256": "ab" * 32, "url": prefix + "ab" * 32}]  # fmt: skip
+
+
 def _with_applicant(payload: dict[str, Any] | None = None, **applicant: Any) -> CanonicalCase:
     return CanonicalCase(
         case_id=CASE.case_id,

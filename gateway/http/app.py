@@ -256,7 +256,8 @@ ROUTES: tuple[Route, ...] = (
           "A handling partner's own message, parsed by its adapter", "partner",
           responses=((200, models.InboundResult),)),
     Route("GET", "/v1/partners/{region}/attachments/{sha256}", "attachment",
-          "An attachment of a case the partner handles (for adapters that send references)",
+          "An attachment of a case the partner handles, or of a supplement sent to it (for "
+          "adapters that send references)",
           "partner"),
     Route("GET", "/v1/ops/partners", "partners_health",
           "Partner health: circuit, queue depth, oldest waiting, counts, last error", "viewer"),

@@ -246,6 +246,9 @@ class Transition:
     # applied under that id is refused, even where the state machine would allow the move again
     # (a redelivered 补正 request after the origin answered it).
     partner_event_id: str | None = None
+    # Attachments' content stored with the move if it applies, ``(sha256, media type, bytes)``:
+    # a supplement's materials, which a partner may fetch by reference like a submission's.
+    blobs: tuple[tuple[str, str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -129,8 +129,7 @@ def _submit(op: Submit, b: Batch) -> SubmitResult:
         b.cursors.append((recipient, op.case.case_id, op.first_event.seq, b.now))
     for job in op.jobs:
         b.jobs.append(job_row(op.case.case_id, job.kind, job.region, job.data, b.now))
-    for sha, media_type, content in op.blobs:
-        b.blobs.append((sha, media_type, len(content), content))
+    _keep_blobs(op.blobs, b)
     return SubmitResult("created", op.case)
 
 
@@ -157,4 +156,10 @@ def _transition(t: Transition, b: Batch, now: float) -> TransitionResult:
         b.cancel_jobs.append(case.case_id)
     for job in done.jobs:
         b.jobs.append(job_row(case.case_id, job.kind, job.region, job.data, now))
+    _keep_blobs(t.blobs, b)
     return TransitionResult(True, "", done.case, done.event)
+
+
+def _keep_blobs(blobs: Sequence[tuple[str, str, bytes]], b: Batch) -> None:
+    for sha, media_type, content in blobs:
+        b.blobs.append((sha, media_type, len(content), content))

@@ -63,6 +63,7 @@ from gateway.store.rows import (
     AUDIT_COLUMNS,
     CASE_COLUMNS,
     EVENT_COLUMNS,
+    HANDLES_ATTACHMENT,
     JOB_COLUMNS,
     NOT_PAUSED,
     OVERDUE_INDEX,
@@ -685,7 +686,7 @@ class PostgresStore:
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         row = await self._db.fetchval(
-            "SELECT 1 FROM cases WHERE handling_region = $1 AND attachments LIKE $2 LIMIT 1",
+            HANDLES_ATTACHMENT.format(region="$1", pattern="$2"),
             region, f'%"sha256":"{sha256}"%',
         )  # fmt: skip
         return row is not None

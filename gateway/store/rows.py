@@ -166,6 +166,15 @@ PAUSES_TABLE = (
     "CREATE TABLE partner_pauses (region TEXT PRIMARY KEY, "
     "paused_at DOUBLE PRECISION NOT NULL, paused_by TEXT NOT NULL)"
 )
+# Whether a region handles a case carrying an attachment, or was sent it with a supplement (the
+# job's material is stored as orjson writes it, so the digest appears exactly so). ``region`` and
+# ``pattern`` are the dialect's placeholders.
+HANDLES_ATTACHMENT = (
+    "SELECT 1 FROM cases WHERE handling_region = {region} AND attachments LIKE {pattern} "
+    "UNION ALL SELECT 1 FROM jobs WHERE region = {region} AND kind = 'supplement' "
+    "AND data LIKE {pattern} LIMIT 1"
+)
+
 # The partner reports applied to each case (``CaseRecord.partner_events``), both dialects.
 PARTNER_EVENTS_COLUMN = "ALTER TABLE cases ADD COLUMN partner_events TEXT NOT NULL DEFAULT '[]'"
 NOT_PAUSED = "NOT EXISTS (SELECT 1 FROM partner_pauses p WHERE p.region = jobs.region)"

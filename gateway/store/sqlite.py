@@ -58,6 +58,7 @@ from gateway.store.rows import (
     AUDIT_COLUMNS,
     CASE_COLUMNS,
     EVENT_COLUMNS,
+    HANDLES_ATTACHMENT,
     JOB_COLUMNS,
     NOT_PAUSED,
     OVERDUE_INDEX,
@@ -676,8 +677,8 @@ class SqliteStore:
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
         async with self._rdb.execute(
-            "SELECT 1 FROM cases WHERE handling_region = ? AND attachments LIKE ? LIMIT 1",
-            (region, f'%"sha256":"{sha256}"%'),
+            HANDLES_ATTACHMENT.format(region="?", pattern="?"),
+            (region, f'%"sha256":"{sha256}"%') * 2,
         ) as cur:
             return await cur.fetchone() is not None
 
