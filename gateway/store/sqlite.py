@@ -14,7 +14,9 @@ At most two processes share one SQLite database, on one host: one serving the AP
 the workers (dispatcher, deliverer, poller), or one doing both (``tongban serve --role``). Each part
 is held by an exclusive lock file beside the database, so a second process taking a part already
 taken is refused at open. The process running the workers is then the only one that holds leases:
-on open it releases those of its dead predecessor at once rather than waiting for them to expire.
+it holds them in its memory (:mod:`gateway.store.leases`), so a claim of jobs or deliveries is a
+read, not a write and a commit, and a dead process's leases die with it. (Stores of releases that
+kept leases in the tables are cleared of them when the workers part opens.)
 The two processes' writers take turns through a third lock file, so neither spins in SQLite's
 busy handler while the other writes.
 """
@@ -26,8 +28,10 @@ import fcntl
 import logging
 import os
 import sqlite3
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -35,6 +39,7 @@ import aiosqlite
 
 from gateway import audit
 from gateway.store.base import (
+    Ack,
     AuditItem,
     AuditRecord,
     CaseDetail,
@@ -42,7 +47,9 @@ from gateway.store.base import (
     CaseRecord,
     CursorRecord,
     DeliveryClaim,
+    DeliveryFailed,
     EventRecord,
+    FinishJob,
     IgnoredRecord,
     JobRecord,
     Op,
@@ -54,6 +61,7 @@ from gateway.store.base import (
 )
 from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
 from gateway.store.group import GroupCommit
+from gateway.store.leases import Leases
 from gateway.store.rows import (
     AUDIT_COLUMNS,
     CASE_COLUMNS,
@@ -236,6 +244,8 @@ class SqliteStore:
         self._w: sqlite3.Connection | None = None  # the writer thread's alone
         self._r: aiosqlite.Connection | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._job_leases = Leases()  # job ids
+        self._cursor_leases = Leases()  # (recipient, case id)
         self._group: GroupCommit[tuple[Sequence[Op], float], list[OpResult]] = GroupCommit(
             self._in_transaction, max_group=max_group
         )
@@ -363,7 +373,13 @@ class SqliteStore:
     # ---- writes: group commit -------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op], now: float) -> list[OpResult]:
-        return await self._group.submit((ops, now))
+        results = await self._group.submit((ops, now))
+        # Committed: the leases these writes close are free (never before the commit).
+        self._job_leases.release(op.job_id for op in ops if isinstance(op, FinishJob))
+        self._cursor_leases.release(
+            (op.recipient, op.case_id) for op in ops if isinstance(op, Ack | DeliveryFailed)
+        )
+        return results
 
     async def _in_transaction(self, lists: OpLists) -> list[list[OpResult]]:
         return await self._in_writer(self._transaction, lists)
@@ -499,35 +515,32 @@ class SqliteStore:
 
     # ---- claims ---------------------------------------------------------------------------
 
+    # Claims are reads on the reader connection, with the leases held in this process's memory
+    # (gateway.store.leases): the workers part, which alone claims, is this process's alone.
+
     async def claim_jobs(
         self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
     ) -> list[JobRecord]:
         wanted = {region: quota for region, quota in quotas.items() if quota > 0}
         if not wanted:
             return []
-        return await self._in_writer(self._claim_jobs, owner, now, lease, wanted)
-
-    def _claim_jobs(
-        self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
-    ) -> list[JobRecord]:
-        db = self._wdb
-        claimed: list[JobRecord] = []
-        db.execute("BEGIN IMMEDIATE")
+        leases = self._job_leases
+        since = leases.begin(now)
         try:
-            for region, quota in quotas.items():
-                rows = db.execute(
-                    "UPDATE jobs SET lease_owner = ?, lease_until = ? WHERE job_id IN ("
-                    "SELECT job_id FROM jobs WHERE state = 'pending' AND region = ? AND "
-                    f"next_attempt_at <= ? AND lease_until < ? AND {NOT_PAUSED} "
-                    "ORDER BY next_attempt_at, job_id LIMIT ?) "
-                    f"RETURNING {JOB_COLUMNS}",
-                    (owner, now + lease, region, now, now, quota),
-                ).fetchall()
-                claimed.extend(job_from_row(r) for r in rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            claimed: list[JobRecord] = []
+            for region, quota in wanted.items():
+                async with self._rdb.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'pending' AND region = ? AND "
+                    f"next_attempt_at <= ? AND {NOT_PAUSED} ORDER BY next_attempt_at, job_id "
+                    "LIMIT ?",
+                    (region, now, quota + len(leases.held)),
+                ) as cur:
+                    rows = await cur.fetchall()
+                free = (j for j in map(job_from_row, rows)
+                        if leases.take(j.job_id, now, now + lease, since))  # fmt: skip
+                claimed.extend(islice(free, quota))
+        finally:
+            leases.end(since)
         return sorted(claimed, key=lambda j: j.job_id)
 
     async def claim_deliveries(
@@ -539,33 +552,38 @@ class SqliteStore:
         skip: Sequence[str],
         max_events: int,
     ) -> list[DeliveryClaim]:
-        return await self._in_writer(
-            self._claim_deliveries, owner, now, lease, limit, list(skip), max_events
-        )
+        leases = self._cursor_leases
+        since = leases.begin(now)
+        try:
+            skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
+            async with self._rdb.execute(
+                "SELECT recipient, case_id, acked_seq, head_seq, attempts FROM cursors "
+                f"WHERE head_seq > acked_seq AND next_attempt_at <= ? {skip_sql} "
+                "ORDER BY next_attempt_at LIMIT ?",
+                (now, *skip, limit + len(leases.held)),
+            ) as cur:
+                rows = await cur.fetchall()
+            taken = [r for r in rows if leases.take((r[0], r[1]), now, now + lease, since)]
+        finally:
+            leases.end(since)
+        return await self._claimed_events(taken[:limit], max_events)
 
-    def _claim_deliveries(
-        self, owner: str, now: float, lease: float, limit: int, skip: list[str], max_events: int
+    async def _claimed_events(
+        self, cursors: Sequence[Sequence[Any]], max_events: int
     ) -> list[DeliveryClaim]:
-        db = self._wdb
-        skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
-        rows = db.execute(
-            "UPDATE cursors SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
-            "SELECT rowid FROM cursors WHERE head_seq > acked_seq AND next_attempt_at <= ? "
-            f"AND lease_until < ? {skip_sql} ORDER BY next_attempt_at LIMIT ?) "
-            "RETURNING recipient, case_id, acked_seq, head_seq, attempts",
-            (owner, now + lease, now, now, *skip, limit),
-        ).fetchall()
+        """Each claimed cursor's events after its acknowledged one, up to its head (events are
+        only ever added, so a later read has at least these)."""
+        by_case: dict[str, list[EventRecord]] = defaultdict(list)
+        select = f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id"
+        for row in await self._rows_in(select, sorted({c[1] for c in cursors})):
+            event = event_from_row(row)
+            by_case[event.case_id].append(event)
         claims = []
-        for recipient, case_id, acked, head, attempts in rows:
+        for recipient, case_id, acked, head, attempts in cursors:
             last = min(head, acked + max_events)
-            events = db.execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ? AND seq > ? AND seq <= ? "
-                "ORDER BY seq",
-                (case_id, acked, last),
-            ).fetchall()
-            claims.append(
-                DeliveryClaim(recipient, case_id, attempts, [event_from_row(e) for e in events])
-            )
+            events = sorted((e for e in by_case[case_id] if acked < e.seq <= last),
+                            key=lambda e: e.seq)  # fmt: skip
+            claims.append(DeliveryClaim(recipient, case_id, attempts, events))
         return claims
 
     # ---- reads ----------------------------------------------------------------------------
