@@ -13,7 +13,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY adapters ./adapters
 COPY contracts ./contracts
-RUN pip install --no-cache-dir '.[postgres]' \
+RUN pip install --no-cache-dir '.[postgres,gm]' \
     && useradd --system --home /app tongban \
     && mkdir -p /app/var && chown tongban /app/var
 USER tongban

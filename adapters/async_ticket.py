@@ -25,9 +25,10 @@ Native protocol (paths configurable; names as below):
 
 The submit body is the one ``rest_json`` sends, and so is its declarative mapping
 (:mod:`adapters.body_mapping`; all empty by default, which sends the body as it is):
-``code_tables`` and ``date_formats`` rewrite values, then ``field_map`` moves fields, then
-``constants`` are put in every request (supplements and withdrawals too); the ``result.<name>``
-entries bring the result fields of status answers and callbacks back in our codes and ISO 8601.
+``code_tables`` and ``date_formats`` rewrite values, then the ``encrypted_fields`` are
+SM4-encrypted (``encryption``), then ``field_map`` moves fields, then ``constants`` are put in
+every request (supplements and withdrawals too); the ``result.<name>`` entries bring the result
+fields of status answers and callbacks back decrypted, in our codes and ISO 8601.
 A case the mapping cannot render (a code with no entry, a date that is not ISO 8601) is
 permanent, and its reason names the field, never the value.
 

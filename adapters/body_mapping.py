@@ -15,28 +15,42 @@ Our paths are dotted and start with a name of the body or its canonical name (``
 
 - ``code_tables`` (our path → {our code: theirs}, ``"*"`` for the rest) and ``date_formats`` (our
   path → a Java-style pattern) rewrite values in place;
+- then the ``encrypted_fields`` (our paths) are SM4-encrypted with the ``encryption`` settings;
 - then ``field_map`` (our path → their dotted path) moves fields; the rest stay where they are;
 - then ``constants`` (their path → value) are put in every request.
 
-On the way in, ``result.<name>`` entries of ``code_tables`` (in reverse) and ``date_formats``
-(their format → ISO 8601) bring the fields of a partner's ``result`` back in our words.
+On the way in, ``result.<name>`` entries of ``encrypted_fields`` (decrypted first), then of
+``code_tables`` (in reverse) and ``date_formats`` (their format → ISO 8601) bring the fields of a
+partner's ``result`` back in our words.
 
 A value that cannot be put in the partner's form is a :class:`RenderError`, which names the
 field and never its value: the adapters turn it into a ``Permanent`` outcome.
+
+Field encryption (国密 SM4, GB/T 32907-2016) is what Java platforms call ``SM4/ECB/PKCS5Padding``
+or ``SM4/CBC/PKCS5Padding`` with a shared IV: a value's text (a string as it is, ``true`` /
+``false``, a number as the JSON body would carry it) as UTF-8, PKCS#7-padded, encrypted, then
+written as lowercase hex or base64. The cipher is the optional ``cryptography`` package
+(``tongban-gateway[gm]``), imported when a settings table asks for it.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from adapters.sdk import AdapterSettings, CanonicalCase
 from adapters.soap_xml import format_date, iso_to_local, parse_date
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 # The submit body's top-level names, and the canonical names that may stand for them in paths.
 BODY_NAMES = (
@@ -75,6 +89,44 @@ def submit_body(case: CanonicalCase, attachments: Sequence[dict[str, Any]]) -> d
     }
 
 
+NO_CRYPTOGRAPHY = (
+    "SM4 encryption needs the optional dependency cryptography, which is not installed: "
+    "pip install 'tongban-gateway[gm]'"
+)
+_HEX_BLOCK = re.compile(r"[0-9A-Fa-f]{32}")
+
+
+class EncryptionSettings(BaseModel):
+    """The SM4 cipher of ``encrypted_fields``. The key and the IV are secrets: no error, log or
+    ``repr`` shows them (write them as ``{ env = "NAME" }`` to keep them out of the file)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    mode: Literal["ecb", "cbc"] = "ecb"
+    key: SecretStr = Field(description="the 16-byte SM4 key as 32 hex digits")
+    iv: SecretStr | None = Field(None, description="cbc only: the shared IV as 32 hex digits")
+    output: Literal["hex", "base64"] = "hex"
+
+    @field_validator("key", "iv")
+    @classmethod
+    def _sixteen_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _HEX_BLOCK.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 32 hex digits (16 bytes)")
+        return value
+
+    @model_validator(mode="after")
+    def _usable(self) -> Self:
+        if self.mode == "cbc" and self.iv is None:
+            raise ValueError("iv: required with mode = 'cbc'")
+        if self.mode == "ecb" and self.iv is not None:
+            raise ValueError("iv: not used with mode = 'ecb' (remove it, or use mode = 'cbc')")
+        FieldCipher(self)  # ValueError when cryptography, or its OpenSSL's SM4, is missing
+        return self
+
+
+_Paths = TypeVar("_Paths", bound=Collection[str])
+
+
 class BodyMappingSettings(AdapterSettings):
     """The mapping's settings; an adapter's settings extend this to offer them."""
 
@@ -91,6 +143,13 @@ class BodyMappingSettings(AdapterSettings):
         default_factory=dict, description="our dotted path → Java-style pattern"
     )
     utc_offset_hours: float = Field(8.0, ge=-12, le=14)
+    encrypted_fields: list[str] = Field(
+        default_factory=list,
+        description="our dotted paths whose values go SM4-encrypted; result.<name>: decrypted",
+    )
+    encryption: EncryptionSettings | None = Field(
+        None, description="the SM4 cipher of encrypted_fields: mode, key, iv, output"
+    )
 
     @field_validator("field_map")
     @classmethod
@@ -116,11 +175,9 @@ class BodyMappingSettings(AdapterSettings):
             _their_path(target)
         return value
 
-    @field_validator("code_tables")
+    @field_validator("code_tables", "encrypted_fields")
     @classmethod
-    def _table_paths(
-        cls, value: dict[str, dict[str, str | int]]
-    ) -> dict[str, dict[str, str | int]]:
+    def _our_paths(cls, value: _Paths) -> _Paths:
         for path in value:
             our_path(path, inbound=True)
         return value
@@ -135,10 +192,18 @@ class BodyMappingSettings(AdapterSettings):
 
     @model_validator(mode="after")
     def _normalised_once(self) -> Self:
-        for name in ("code_tables", "date_formats"):
+        for name in ("code_tables", "date_formats", "encrypted_fields"):
             paths = [our_path(p, inbound=True) for p in getattr(self, name)]
             if len(set(paths)) != len(paths):
                 raise ValueError(f"{name}: one field is named twice (e.g. payload.x and form.x)")
+        return self
+
+    @model_validator(mode="after")
+    def _encryption_paired(self) -> Self:
+        if self.encrypted_fields and self.encryption is None:
+            raise ValueError("encrypted_fields: needs an encryption table (mode, key, output)")
+        if self.encryption is not None and not self.encrypted_fields:
+            raise ValueError("encryption: no field is listed in encrypted_fields")
         return self
 
 
@@ -195,6 +260,12 @@ class BodyMapping:
             [(s, t) for s, t in moves if not len(s) == len(t) == 1], key=lambda m: -len(m[0])
         )
         self._constants = [(_their_path(k), v) for k, v in settings.constants.items()]
+        # Encrypted on the way out: (path, the name as configured, cipher); decrypted on the way
+        # in: (path within the result, cipher). The settings give a cipher whenever fields are set.
+        cipher = FieldCipher(settings.encryption) if settings.encryption is not None else None
+        sealed = [(our_path(p, inbound=True), p) for p in settings.encrypted_fields]
+        self._sealed = [(path, p, cipher) for path, p in sealed if cipher and path[0] != "result"]
+        self._opened = [(path[1:], cipher) for path, _ in sealed if cipher and path[0] == "result"]
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -202,13 +273,15 @@ class BodyMapping:
         """The submit body (as :func:`submit_body` makes it) in the partner's form.
 
         Rewrites ``body`` in place and returns the result. RenderError (naming the field, never
-        its value) when a value has no entry in its code table, is not an ISO date, or a mapped
-        field has no place to go.
+        its value) when a value has no entry in its code table, is not an ISO date, is an object
+        or a list to encrypt, or a mapped field has no place to go.
         """
         for path, name, table in self._tables:
             _rewrite(body, path, partial(_coded, table=table, name=name))
         for path, name, pattern in self._dates:
             _rewrite(body, path, partial(self._dated, pattern=pattern, name=name))
+        for path, name, cipher in self._sealed:
+            _rewrite(body, path, partial(_encrypted, cipher=cipher, name=name))
         taken = [(target, _pop(body, source)) for source, target in self._moves]
         body = {self._renames.get(k, k): v for k, v in body.items()}
         for target, value in sorted(taken, key=lambda m: len(m[0])):
@@ -218,8 +291,17 @@ class BodyMapping:
 
     def supplement(self, case_id: str, material: Mapping[str, Any]) -> dict[str, Any]:
         """The supplement body, ``{"caseId", "note", "payload", "attachments"}``: the material
-        as the origin sent it (a copy), with the ``constants``; RenderError as for a submit."""
-        return self._with_constants({"caseId": case_id, **copy.deepcopy(dict(material))})
+        as the origin sent it (a copy), with the ``constants``; RenderError as for a submit.
+
+        Form fields listed in ``encrypted_fields`` are encrypted in the material's ``payload``
+        too: a partner that wants them sealed in the submit never gets them in clear later.
+        """
+        body = {"caseId": case_id, **copy.deepcopy(dict(material))}
+        for path, name, cipher in self._sealed:
+            if path[0] == "form":  # the submit's form is the material's payload
+                sealed = partial(_encrypted, cipher=cipher, name=name)
+                _rewrite(body, ("payload", *path[1:]), sealed)
+        return self._with_constants(body)
 
     def withdrawal(self, case_id: str, reason: str) -> dict[str, Any]:
         """The withdrawal body, ``{"caseId", "reason"}``, with the ``constants``."""
@@ -243,12 +325,15 @@ class BodyMapping:
     # -- inbound ----------------------------------------------------------------------------
 
     def result(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Result fields back in our words: codes through their tables in reverse, dates in
-        ``date_formats`` as ISO 8601. A value with no entry, or not in the pattern, is kept.
-        ``data`` itself is left as it was."""
-        if not self._reverse and not self._result_dates:
+        """Result fields back in our words: ``encrypted_fields`` decrypted, then codes through
+        their tables in reverse, dates in ``date_formats`` as ISO 8601. A value that does not
+        decrypt, has no entry, or is not in the pattern is kept as it came. ``data`` itself is
+        left as it was."""
+        if not self._reverse and not self._result_dates and not self._opened:
             return data
         data = copy.deepcopy(data)
+        for path, cipher in self._opened:
+            _rewrite(data, path, partial(_decrypted, cipher=cipher))
         for path, reverse in self._reverse.items():
             _rewrite(data, path, partial(_uncoded, reverse=reverse))
         for path, pattern in self._result_dates:
@@ -322,3 +407,96 @@ def _uncoded(value: Any, reverse: Mapping[str, str]) -> Any:
     if isinstance(value, str | int) and not isinstance(value, bool):
         return reverse.get(str(value), value)
     return value
+
+
+# ---- SM4 field encryption ---------------------------------------------------------------------
+
+
+class FieldCipher:
+    """SM4 over a field's text with PKCS#7 padding, the ciphertext as hex or base64. Pure.
+
+    ValueError (naming the extra, never the key) when ``cryptography`` is not installed or its
+    OpenSSL has no SM4.
+    """
+
+    def __init__(self, settings: EncryptionSettings) -> None:
+        self._cipher = _sm4(settings)
+        from cryptography.hazmat.primitives.padding import PKCS7
+
+        self._padding = PKCS7(128)  # SM4's block: 128 bits
+        self._hex = settings.output == "hex"
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` PKCS#7-padded and encrypted."""
+        padder = self._padding.padder()
+        encryptor = self._cipher.encryptor()
+        padded = padder.update(data) + padder.finalize()
+        return encryptor.update(padded) + encryptor.finalize()
+
+    def unseal(self, raw: bytes) -> bytes:
+        """``raw`` decrypted and unpadded; ValueError if not whole blocks or badly padded."""
+        decryptor = self._cipher.decryptor()
+        unpadder = self._padding.unpadder()
+        padded = decryptor.update(raw) + decryptor.finalize()
+        return unpadder.update(padded) + unpadder.finalize()
+
+    def encrypt(self, text: str) -> str:
+        """``text`` as UTF-8, sealed, written as lowercase hex or base64."""
+        raw = self.seal(text.encode("utf-8"))
+        return raw.hex() if self._hex else base64.b64encode(raw).decode("ascii")
+
+    def decrypt(self, token: str) -> str:
+        """The text ``token`` holds; ValueError, saying nothing of either, if it holds none."""
+        try:
+            raw = bytes.fromhex(token) if self._hex else base64.b64decode(token, validate=True)
+            return self.unseal(raw).decode("utf-8")
+        except ValueError:  # not hex/base64, not whole blocks, bad padding, not UTF-8
+            raise ValueError("does not decrypt") from None
+
+
+def _sm4(settings: EncryptionSettings) -> Cipher[modes.ECB | modes.CBC]:
+    """The SM4 cipher of ``settings``, checked to work; ValueError names what is missing."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        raise ValueError(NO_CRYPTOGRAPHY) from None
+    key = bytes.fromhex(settings.key.get_secret_value())
+    iv = settings.iv
+    mode = modes.CBC(bytes.fromhex(iv.get_secret_value())) if iv else modes.ECB()
+    cipher: Cipher[modes.ECB | modes.CBC] = Cipher(algorithms.SM4(key), mode)
+    try:
+        cipher.encryptor()
+    except UnsupportedAlgorithm:
+        raise ValueError(
+            "the OpenSSL that cryptography was built with has no SM4: install cryptography's "
+            "own wheel (pip install --force-reinstall --only-binary :all: 'cryptography>=42')"
+        ) from None
+    return cipher
+
+
+def _encrypted(value: Any, cipher: FieldCipher, name: str) -> str:
+    """A JSON scalar's text, encrypted: a string as it is, ``true``/``false``, a number as the
+    JSON body would carry it. RenderError names the field of an object or a list."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = orjson.dumps(value).decode("ascii")
+    else:
+        raise RenderError(f"{name}: holds a {type(value).__name__}, not a value to encrypt")
+    return cipher.encrypt(text)
+
+
+def _decrypted(value: Any, cipher: FieldCipher) -> Any:
+    """A result field's text, decrypted; kept as it came when it is not a string or does not
+    decrypt with this key."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return cipher.decrypt(value)
+    except ValueError:
+        return value

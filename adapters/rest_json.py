@@ -11,10 +11,11 @@ Native protocol (the shape most provincial JSON platforms share; names are confi
   with ``statusCode`` translated through ``status_codes`` (their table → our lifecycle words).
 
 Declarative mapping of the submit body (all empty by default, which sends the body above as it is):
-``code_tables`` and ``date_formats`` rewrite values, then ``field_map`` moves fields, then
+``code_tables`` and ``date_formats`` rewrite values, then the ``encrypted_fields`` are
+SM4-encrypted (``encryption``: ECB or CBC, hex or base64), then ``field_map`` moves fields, then
 ``constants`` are put in every request (supplements and withdrawals too); inbound, ``result.<name>``
-entries bring result fields back in our words. The mapping is :mod:`adapters.body_mapping`, shared
-with ``async_ticket``, which sends the same body.
+entries bring result fields back in our words (decrypted first). The mapping is
+:mod:`adapters.body_mapping`, shared with ``async_ticket``, which sends the same body.
 
 Attachments (``attachment_transport``) go inline by default, each ``{"name", "media_type",
 "sha256", "content_base64"}`` in the body; by reference with ``attachment_url`` (``url`` instead of
