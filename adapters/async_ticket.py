@@ -32,6 +32,13 @@ fields of status answers and callbacks back decrypted, in our codes and ISO 8601
 A case the mapping cannot render (a code with no entry, a date that is not ISO 8601) is
 permanent, and its reason names the field, never the value.
 
+Attachments travel as ``rest_json``'s do, with the same settings (:mod:`adapters.uploads` serves
+both): inline by default; by reference with ``attachment_url``; or, with ``attachment_transport
+= "multipart"``, submit and supplement go as ``multipart/form-data`` uploads (the JSON body in
+``multipart_body_field``, one file part per attachment in ``multipart_file_field``), signed as any
+call: the signature covers key, secret and timestamp, not the body. Withdrawals stay JSON, and an
+answer is classified the same whatever the request's form.
+
 Polling reports what the partner says, stale or not: the gateway's state machine records a
 backward or repeated move as ignored. To keep that list short, a poll reports a ticket's status
 only when it differs from what the last poll reported (an unchanged decision is repeated now and
@@ -73,6 +80,7 @@ from adapters.sdk import (
     StatusUpdate,
     printable_code,
 )
+from adapters.uploads import AttachmentSettings, FilePart, Uploads
 from gateway.lifecycle import PARTNER_REPORTS
 
 # The second platform of DOMAIN.md: 1 已接件, 3 已受理, 4 不受理, 6 补正, 8 开始办理, 11 办结.
@@ -114,7 +122,7 @@ def _scalar(value: object) -> str | None:
     return str(value)
 
 
-class AsyncTicketSettings(BodyMappingSettings):
+class AsyncTicketSettings(BodyMappingSettings, AttachmentSettings):
     kind: Literal["async_ticket"] = "async_ticket"
     base_url: str = Field(pattern=r"^https?://\S+$")
     submit_path: str = "/tickets"
@@ -209,6 +217,7 @@ class AsyncTicketAdapter:
         self._poll_not_before = 0.0
         self._repeat_after = max(DECISION_REPEAT_SECONDS, 2 * settings.poll_interval)
         self._mapping = BodyMapping(settings)
+        self._uploads = Uploads(settings)
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -218,7 +227,7 @@ class AsyncTicketAdapter:
         RenderError (a ValueError naming the field, never its value) when the mapping cannot
         put a value in the partner's form.
         """
-        attachments = [dict(a) for a in case.attachments]
+        attachments = [self._uploads.listed(a) for a in case.attachments]
         return self._mapping.render(submit_body(case, attachments))
 
     def auth_headers(self, now: float) -> dict[str, str]:
@@ -233,9 +242,10 @@ class AsyncTicketAdapter:
     async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
         try:
             body = self.render(case)
+            files = self._uploads.files(case.attachments)
         except RenderError as exc:
             return Permanent(f"cannot render the case: {exc}")
-        answer = await self._call("POST", self.settings.submit_path, body, ctx)
+        answer = await self._call("POST", self.settings.submit_path, body, ctx, files)
         if not isinstance(answer, dict):
             return answer
         ticket = _ticket(answer.get("ticket"))
@@ -253,10 +263,11 @@ class AsyncTicketAdapter:
             return Permanent("no ticket to send the supplement to")
         path = self._path(self.settings.supplement_path, case.partner_ref)
         try:
+            material, files = self._uploads.supplement(material)
             body = self._mapping.supplement(case.case_id, material)
         except RenderError as exc:
             return Permanent(f"cannot render the supplement: {exc}")
-        answer = await self._call("POST", path, body, ctx)
+        answer = await self._call("POST", path, body, ctx, files)
         return Accepted() if isinstance(answer, dict) else answer
 
     async def withdraw(self, case: CanonicalCase, reason: str, ctx: AdapterContext) -> Outcome:
@@ -274,14 +285,22 @@ class AsyncTicketAdapter:
         return template.format(ticket=quote(ticket, safe=""))
 
     async def _call(
-        self, method: str, path: str, body: dict[str, Any] | None, ctx: AdapterContext
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        ctx: AdapterContext,
+        files: Sequence[FilePart] | None = None,
     ) -> Answer:
-        """One call; the answer object on success, else a classified failure. Never raises."""
+        """One call; the answer object on success, else a classified failure. Never raises.
+
+        ``body`` goes as JSON, or, given ``files``, as a multipart upload; the signature headers
+        are the same either way (they do not cover the body)."""
         headers = self.auth_headers(ctx.clock.now())
         data = None
         if body is not None:
-            data = orjson.dumps(body)
-            headers["Content-Type"] = "application/json"
+            data, content_type = self._uploads.request_body(body, files)
+            headers.update(content_type)
         timeout = aiohttp.ClientTimeout(total=min(self.settings.timeout, ctx.timeout))
         url = self.settings.base_url.rstrip("/") + path
         try:

@@ -22,23 +22,19 @@ Attachments (``attachment_transport``) go inline by default, each ``{"name", "me
 the content); or, with ``"multipart"``, as an upload of materials (申请材料): submit and supplement
 are ``multipart/form-data``, one part (``multipart_body_field``) holding the JSON body with its
 attachments listed without their content, and one file part (``multipart_file_field``) per
-attachment that has content, named as the attachment, of its media type, with its bytes. File
-names go as UTF-8, unescaped, as browsers send them (aiohttp's default would percent-encode
-户口簿.pdf, and a platform would keep the escapes as the name). Withdrawals are JSON in every form.
+attachment that has content. Withdrawals are JSON in every form. How each form is built is
+:mod:`adapters.uploads`, shared with ``async_ticket``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import copy
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from adapters.body_mapping import BodyMapping, BodyMappingSettings, RenderError, submit_body
 from adapters.sdk import (
@@ -52,6 +48,7 @@ from adapters.sdk import (
     StatusUpdate,
     printable_code,
 )
+from adapters.uploads import AttachmentSettings, FilePart, Uploads, file_parts
 
 # One platform's table (1 已接件, 3 已受理, 4 不受理, 6 补正, 8 开始办理, 11 办结).
 DEFAULT_STATUS_CODES = {
@@ -63,11 +60,8 @@ DEFAULT_STATUS_CODES = {
     "11": "completed",
 }
 
-# A multipart form field name: what platforms use (``case``, ``files``, ``file[]``), quoted as is.
-_FIELD_NAME = r"^[A-Za-z0-9_.\[\]-]{1,64}$"
 
-
-class RestJsonSettings(BodyMappingSettings):
+class RestJsonSettings(BodyMappingSettings, AttachmentSettings):
     kind: Literal["rest_json"] = "rest_json"
     base_url: str = Field(pattern=r"^https?://")
     submit_path: str = "/cases"
@@ -80,47 +74,7 @@ class RestJsonSettings(BodyMappingSettings):
     busy_codes: list[str] = Field(default_factory=lambda: ["BUSY", "429", "503"])
     auth_header: str | None = None
     auth_token: str | None = None
-    attachment_url: str | None = Field(
-        None,
-        pattern=r"^https?://",
-        description="send attachments by reference: this URL prefix + sha256 (the gateway's "
-        "GET /v1/partners/{region}/attachments/{sha256}); unset: inline base64",
-    )
-    attachment_transport: Literal["inline", "url", "multipart"] | None = Field(
-        None,
-        description="how attachments travel: inline (base64 in the JSON body), url (by "
-        "reference, with attachment_url) or multipart (submit and supplement as "
-        "multipart/form-data, one file part per attachment); unset: url when attachment_url is "
-        "set, else inline",
-    )
-    multipart_body_field: str = Field(
-        "case", pattern=_FIELD_NAME, description="multipart: the part holding the JSON body"
-    )
-    multipart_file_field: str = Field(
-        "files", pattern=_FIELD_NAME, description="multipart: the name of every file part"
-    )
     timeout: float = Field(10.0, gt=0)
-
-    @property
-    def transport(self) -> Literal["inline", "url", "multipart"]:
-        """The attachment form in effect (``attachment_url`` alone means ``url``)."""
-        if self.attachment_transport is not None:
-            return self.attachment_transport
-        return "url" if self.attachment_url else "inline"
-
-    @model_validator(mode="after")
-    def _attachment_settings(self) -> Self:
-        given = self.attachment_transport
-        if given == "url" and not self.attachment_url:
-            raise ValueError("attachment_transport: 'url' needs attachment_url")
-        if given in ("inline", "multipart") and self.attachment_url:
-            raise ValueError(f"attachment_url: not used with attachment_transport = {given!r}")
-        for key in ("multipart_body_field", "multipart_file_field"):
-            if key in self.model_fields_set and self.transport != "multipart":
-                raise ValueError(f"{key}: only used with attachment_transport = 'multipart'")
-        if self.multipart_body_field == self.multipart_file_field:
-            raise ValueError("multipart_file_field: must differ from multipart_body_field")
-        return self
 
 
 class RestJsonAdapter:
@@ -131,6 +85,7 @@ class RestJsonAdapter:
         assert isinstance(settings, RestJsonSettings)
         self.settings = settings
         self._mapping = BodyMapping(settings)
+        self._uploads = Uploads(settings)
 
     # -- outbound ---------------------------------------------------------------------------
 
@@ -140,47 +95,17 @@ class RestJsonAdapter:
         RenderError (a ValueError naming the field, never its value) when a value has no entry
         in its code table, is not an ISO date, or a mapped field has no place to go.
         """
-        attachments = [self._attachment(a) for a in case.attachments]
+        attachments = [self._uploads.listed(a) for a in case.attachments]
         return self._mapping.render(submit_body(case, attachments))
 
-    def _attachment(self, a: Mapping[str, Any]) -> dict[str, Any]:
-        """Inline (base64 content) by default; by reference when ``attachment_url`` is set;
-        listed without its content for a multipart upload (the bytes go in a file part)."""
-        item = copy.deepcopy(dict(a))
-        if self.settings.transport == "url":
-            item.pop("content_base64", None)
-            item["url"] = (self.settings.attachment_url or "") + str(a.get("sha256", ""))
-        elif self.settings.transport == "multipart":
-            item.pop("content_base64", None)
-        return item
-
-    def files(self, attachments: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bytes]]:
-        """The file parts of a multipart upload, ``(file name, media type, bytes)`` in the order
-        of ``attachments``; one without content has none. Pure.
-
-        RenderError (naming the attachment's index, never its content) when the content is not
-        base64.
-        """
-        parts = []
-        for i, a in enumerate(attachments):
-            content = a.get("content_base64")
-            if content is None:
-                continue
-            try:
-                if not isinstance(content, str):
-                    raise ValueError(content)
-                raw = base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError):
-                raise RenderError(f"attachments[{i}].content_base64: not base64") from None
-            name = str(a.get("name") or a.get("sha256") or "attachment")
-            media_type = str(a.get("media_type") or "application/octet-stream")
-            parts.append((_CONTROL.sub("_", name), _CONTROL.sub("_", media_type), raw))
-        return parts
+    def files(self, attachments: Sequence[Mapping[str, Any]]) -> list[FilePart]:
+        """The file parts of a multipart upload (:func:`adapters.uploads.file_parts`). Pure."""
+        return file_parts(attachments)
 
     async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
         try:
             body = self.render(case)
-            files = self._files_of(case.attachments)
+            files = self._uploads.files(case.attachments)
         except RenderError as exc:
             return Permanent(f"cannot render the case: {exc}")
         return await self._post(self.settings.submit_path, body, case, ctx, files)
@@ -189,22 +114,12 @@ class RestJsonAdapter:
         self, case: CanonicalCase, material: Mapping[str, Any], ctx: AdapterContext
     ) -> Outcome:
         path = self.settings.supplement_path.format(ref=case.partner_ref or case.case_id)
-        listed = material.get("attachments")
-        listed = listed if isinstance(listed, list) else []
         try:
-            files = self._files_of(listed)
-            if self.settings.transport != "inline" and "attachments" in material:
-                material = {**material, "attachments": [self._attachment(a) for a in listed]}
+            material, files = self._uploads.supplement(material)
             body = self._mapping.supplement(case.case_id, material)
         except RenderError as exc:
             return Permanent(f"cannot render the supplement: {exc}")
         return await self._post(path, body, case, ctx, files)
-
-    def _files_of(
-        self, attachments: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, str, bytes]] | None:
-        """The file parts when attachments go as multipart, else None (a JSON body)."""
-        return self.files(attachments) if self.settings.transport == "multipart" else None
 
     async def withdraw(self, case: CanonicalCase, reason: str, ctx: AdapterContext) -> Outcome:
         path = self.settings.withdraw_path.format(ref=case.partner_ref or case.case_id)
@@ -220,17 +135,11 @@ class RestJsonAdapter:
         body: dict[str, Any],
         case: CanonicalCase,
         ctx: AdapterContext,
-        files: Sequence[tuple[str, str, bytes]] | None = None,
+        files: Sequence[FilePart] | None = None,
     ) -> Outcome:
         """POST ``body`` as JSON, or, given ``files``, as a multipart upload; the answer is
         classified the same either way."""
-        data: bytes | aiohttp.MultipartWriter
-        if files is None:
-            headers = {"Content-Type": "application/json"}
-            data = orjson.dumps(body)
-        else:
-            headers = {}  # the writer gives the multipart Content-Type with its boundary
-            data = self._form(body, files)
+        data, headers = self._uploads.request_body(body, files)
         if self.settings.auth_header and self.settings.auth_token:
             headers[self.settings.auth_header] = self.settings.auth_token
         timeout = aiohttp.ClientTimeout(total=min(self.settings.timeout, ctx.timeout))
@@ -243,24 +152,6 @@ class RestJsonAdapter:
             return Retryable("timeout")
         except aiohttp.ClientError as exc:
             return Retryable(f"connection error: {type(exc).__name__}")
-
-    def _form(
-        self, body: dict[str, Any], files: Sequence[tuple[str, str, bytes]]
-    ) -> aiohttp.MultipartWriter:
-        """``multipart/form-data``: the JSON body, then one part per file; names unescaped
-        (``quote_fields=False``, see the module's docstring)."""
-        form = aiohttp.MultipartWriter("form-data")
-        json_part = aiohttp.BytesPayload(orjson.dumps(body), content_type=_JSON_UTF8)
-        form.append_payload(json_part).set_content_disposition(
-            "form-data", quote_fields=False, name=self.settings.multipart_body_field
-        )
-        for name, media_type, raw in files:
-            part = form.append_payload(aiohttp.BytesPayload(raw, content_type=media_type))
-            part.set_content_disposition(
-                "form-data", quote_fields=False, name=self.settings.multipart_file_field,
-                filename=name,
-            )  # fmt: skip
-        return form
 
     def classify(
         self, status: int, raw: bytes, retry_after: str | None, case: CanonicalCase
@@ -345,5 +236,3 @@ class RestJsonAdapter:
 
 
 _SECONDS = re.compile(r"[0-9]{1,9}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # not allowed in a part's headers: replaced by "_"
-_JSON_UTF8 = "application/json; charset=utf-8"

@@ -3,15 +3,19 @@
 Every simulator needs the same few things and must get them right the same way: background
 tasks that are never garbage-collected mid-flight nor left running after ``stop()``; a loop that a
 crash restarts instead of leaving silently dead; an aiohttp server on a loopback port that tests
-can start, address and stop; and a report sender that batches, keeps order and retries with
-backoff until the gateway acknowledges (nothing is ever dropped). Log records are written to the
-logger each simulator passes in, so they keep their module's name.
+can start, address and stop; a report sender that batches, keeps order and retries with
+backoff until the gateway acknowledges (nothing is ever dropped); and, for the JSON platforms,
+the reading of a request that may come as an upload of materials (``multipart/form-data``: the
+JSON body in one part, one file part per attachment) and the check that every uploaded file is one
+the body's material list gives. Log records are written to the logger each simulator passes in,
+so they keep their module's name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -19,7 +23,8 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
+import orjson
+from aiohttp import BodyPartReader, hdrs, web
 
 from gateway.signing import sign_headers
 
@@ -260,3 +265,92 @@ async def post_signed(
     except aiohttp.ClientError as exc:
         log.warning("%s %s: gateway unreachable (%s)", label, s.region, type(exc).__name__)
     return False
+
+
+# ---- uploads of materials (申请材料) ------------------------------------------------------------
+
+MULTIPART = "multipart/form-data"
+
+
+class UploadFields(Protocol):
+    """The form fields of an upload, from a simulator's settings: the part holding the JSON
+    body, and the name of every file part."""
+
+    @property
+    def multipart_body_field(self) -> str: ...
+    @property
+    def multipart_file_field(self) -> str: ...
+
+
+class BadRequest(Exception):
+    """A request that cannot be read: the HTTP status and the message to answer in the
+    simulator's own dialect."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_request(
+    request: web.Request, fields: UploadFields, max_bytes: int, *, parse_json: bool = True
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The JSON body of a request and what is kept of the files uploaded with it
+    (``{"name", "media_type", "sha256", "size"}``, never the content).
+
+    A ``multipart/form-data`` request (told apart by its Content-Type) is read part by part; any
+    other is JSON, with no files, and is read but not parsed (body None) unless ``parse_json``.
+    BadRequest: 400 for a body that is not JSON or a malformed upload, 413 for one over
+    ``max_bytes``.
+    """
+    if request.content_type != MULTIPART:
+        raw = await request.read()
+        if not parse_json:
+            return None, []
+        try:
+            return orjson.loads(raw), []
+        except orjson.JSONDecodeError:
+            raise BadRequest(400, "请求体不是合法的 JSON") from None
+    body_field, file_field = fields.multipart_body_field, fields.multipart_file_field
+    body: Any = None
+    files: list[dict[str, Any]] = []
+    left = max_bytes
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise BadRequest(400, "表单部分不能嵌套 multipart")
+            data = bytearray()
+            while chunk := await part.read_chunk():
+                data += chunk
+                left -= len(chunk)
+                if left < 0:
+                    raise BadRequest(413, "请求体过大")
+            if part.name == body_field and body is None:
+                try:
+                    body = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise BadRequest(400, f"{body_field} 部分不是合法的 JSON") from None
+            elif part.name == file_field and part.filename:
+                files.append({
+                    "name": part.filename, "media_type": part.headers.get(hdrs.CONTENT_TYPE),
+                    "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                })  # fmt: skip
+            else:
+                raise BadRequest(400, f"表单只应有一个 {body_field} 部分和 {file_field} 文件")
+    except ValueError:
+        raise BadRequest(400, "multipart 请求体格式错误") from None
+    if body is None:
+        raise BadRequest(400, f"缺少 {body_field} 部分")
+    return body, files
+
+
+def files_listed(body: Any, files: list[dict[str, Any]], counters: dict[str, int]) -> bool:
+    """Whether every uploaded file's SHA-256 is one the body's material list gives; counted in
+    ``counters``: ``attachments_verified`` (the files) or ``attachment_problems`` (the uploads)."""
+    listed = body.get("attachments") if isinstance(body, dict) else None
+    digests = {a.get("sha256") for a in listed or () if isinstance(a, dict)}
+    ok = isinstance(listed, list) and all(f["sha256"] in digests for f in files)
+    name = "attachments_verified" if ok else "attachment_problems"
+    counters[name] = counters.get(name, 0) + (len(files) if ok else 1)
+    return ok

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import math
 import random
@@ -34,7 +33,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import web
 
 from gateway.clock import iso
 from gateway.signing import KEY_HEADER, NonceCache, SignatureError, SignedRequest
@@ -42,9 +41,12 @@ from gateway.signing import verify as verify_signature
 from gateway.simulators.base import INBOUND_PATH as INBOUND_PATH  # re-exported
 from gateway.simulators.base import (
     BackgroundTasks,
+    BadRequest,
     LoopbackServer,
+    files_listed,
     next_batch,
     post_signed,
+    read_request,
     send_until_acknowledged,
     set_up,
 )
@@ -249,17 +251,10 @@ class ProvinceSimulator(LoopbackServer):
 
     async def _submit(self, request: web.Request) -> web.Response:
         await asyncio.sleep(self.settings.answer_delay)
-        files: list[dict[str, Any]] = []
-        if request.content_type == "multipart/form-data":
-            upload = await self._read_upload(request)
-            if isinstance(upload, web.Response):
-                return upload
-            body, files = upload
-        else:
-            try:
-                body = orjson.loads(await request.read())
-            except orjson.JSONDecodeError:
-                return _error(400, "请求体不是合法的 JSON")
+        try:
+            body, files = await read_request(request, self.settings, MAX_BODY_BYTES)
+        except BadRequest as exc:
+            return _error(exc.status, exc.message)
         if not isinstance(body, dict):
             return _error(400, "请求体必须是 JSON 对象")
         case_id = body.get("caseId")
@@ -268,7 +263,7 @@ class ProvinceSimulator(LoopbackServer):
         form = body.get("form", {})
         if not isinstance(form, dict):
             return _error(400, "form 必须是 JSON 对象")
-        if files and not self._listed(body, files):
+        if files and not files_listed(body, files, self.counters):
             return _mismatch()
         if self._roll(self.settings.failure_rate):
             self.counters["submit_failures"] += 1
@@ -307,54 +302,6 @@ class ProvinceSimulator(LoopbackServer):
         case = self._cases.get(case_id)
         return [dict(f) for f in case.files] if case else []
 
-    async def _read_upload(
-        self, request: web.Request
-    ) -> tuple[Any, list[dict[str, Any]]] | web.Response:
-        """A ``multipart/form-data`` upload: the JSON body of its body part, and what is kept of
-        each file part. A malformed upload is answered 400, one too large 413."""
-        s = self.settings
-        body_field, file_field = s.multipart_body_field, s.multipart_file_field
-        body: Any = None
-        files: list[dict[str, Any]] = []
-        left = MAX_BODY_BYTES
-        try:
-            reader = await request.multipart()
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    return _error(400, "表单部分不能嵌套 multipart")
-                data = bytearray()
-                while chunk := await part.read_chunk():
-                    data += chunk
-                    left -= len(chunk)
-                    if left < 0:
-                        return _error(413, "请求体过大")
-                if part.name == body_field and body is None:
-                    try:
-                        body = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        return _error(400, f"{body_field} 部分不是合法的 JSON")
-                elif part.name == file_field and part.filename:
-                    files.append({
-                        "name": part.filename, "media_type": part.headers.get(hdrs.CONTENT_TYPE),
-                        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-                    })  # fmt: skip
-                else:
-                    return _error(400, f"表单只应有一个 {body_field} 部分和 {file_field} 文件")
-        except ValueError:
-            return _error(400, "multipart 请求体格式错误")
-        if body is None:
-            return _error(400, f"缺少 {body_field} 部分")
-        return body, files
-
-    def _listed(self, body: Any, files: list[dict[str, Any]]) -> bool:
-        """Whether every uploaded file's SHA-256 is one the body's material list gives."""
-        listed = body.get("attachments") if isinstance(body, dict) else None
-        digests = {a.get("sha256") for a in listed or () if isinstance(a, dict)}
-        ok = isinstance(listed, list) and all(f["sha256"] in digests for f in files)
-        name = "attachments_verified" if ok else "attachment_problems"
-        self.counters[name] = self.counters.get(name, 0) + (len(files) if ok else 1)
-        return ok
-
     def _find(self, ref: str) -> _Case | None:
         """By ticket, or by case id for a gateway that never learned the ticket."""
         return self._by_ticket.get(ref) or self._cases.get(ref)
@@ -376,16 +323,14 @@ class ProvinceSimulator(LoopbackServer):
             return _error(404, "未找到该办件")
         if case.withdrawn or not case.supplement_requested:
             return _error(409, "该办件不在补正状态")
-        if request.content_type == "multipart/form-data":
-            upload = await self._read_upload(request)
-            if isinstance(upload, web.Response):
-                return upload
-            body, files = upload
-            if files and not self._listed(body, files):
-                return _mismatch()
-            case.files.extend(files)
-        else:
-            await request.read()  # the material itself is not inspected (nor logged)
+        try:  # a JSON material is neither parsed nor inspected (nor logged)
+            body, files = await read_request(request, self.settings, MAX_BODY_BYTES,
+                                             parse_json=False)  # fmt: skip
+        except BadRequest as exc:
+            return _error(exc.status, exc.message)
+        if files and not files_listed(body, files, self.counters):
+            return _mismatch()
+        case.files.extend(files)
         case.supplemented.set()  # a repeat is harmless: the event is already set
         return _json({"code": "0"})
 

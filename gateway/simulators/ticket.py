@@ -12,6 +12,12 @@ Every province-facing call must carry the app-key signature (``X-App-Key``, ``X-
 with an older status than the current one. ``set_down(True)`` answers 503 to everything and holds
 callbacks. ``GET|POST /_control`` shows and changes this live.
 
+A submit or a supplement may also come as a ``multipart/form-data`` upload of materials (the
+adapter's ``attachment_transport = "multipart"``), told apart by its Content-Type: the JSON body in
+one part, one file part per attachment. Every file's SHA-256 must be one that the body's
+``attachments`` list gives, or the upload is refused with ``MATERIAL_MISMATCH`` (under HTTP 200, as
+its other refusals); otherwise it is taken exactly as the JSON request.
+
 All state is in memory; nothing about an applicant is kept or logged: only case ids and tickets.
 """
 
@@ -40,9 +46,12 @@ from gateway.clock import iso
 from gateway.simulators.base import INBOUND_PATH as INBOUND_PATH  # re-exported
 from gateway.simulators.base import (
     BackgroundTasks,
+    BadRequest,
     LoopbackServer,
+    files_listed,
     next_batch,
     post_signed,
+    read_request,
     send_until_acknowledged,
     set_up,
 )
@@ -54,6 +63,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_NOTICES_PER_MESSAGE = 100
 NOTICE_QUEUE_SIZE = 10_000
 TIMESTAMP = re.compile(r"[0-9]{1,12}")
+MATERIAL_MISMATCH = "E1002"  # a file of an upload whose SHA-256 the material list does not give
 
 # The platform's status codes.
 RECEIVED, ACCEPTED, REJECTED, SUPPLEMENT, IN_PROGRESS, COMPLETED = "1", "3", "4", "6", "8", "11"
@@ -81,6 +91,10 @@ class TicketSimulatorSettings:
     request_timeout: float = 10.0
     retry_backoff: float = 0.1
     retry_backoff_max: float = 5.0
+    # A multipart upload: the part holding the JSON body, and the name of every file part (the
+    # defaults of adapters.async_ticket's multipart_body_field and multipart_file_field).
+    multipart_body_field: str = "case"
+    multipart_file_field: str = "files"
 
 
 @dataclass
@@ -97,6 +111,7 @@ class _Case:
     withdrawn: bool = False
     finished: bool = False
     task: asyncio.Task[None] | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)  # uploaded: no content kept
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -112,6 +127,14 @@ def _busy() -> web.Response:
 def _refuse(code: str, msg: str, status: int = 200) -> web.Response:
     """A business refusal: like many platforms, under HTTP 200 with the code in the body."""
     return _json({"code": code, "msg": msg}, status=status)
+
+
+def _bad_request(exc: BadRequest) -> web.Response:
+    return _refuse(f"E{exc.status}", exc.message, status=exc.status)
+
+
+def _mismatch() -> web.Response:
+    return _refuse(MATERIAL_MISMATCH, "申请材料校验失败：文件摘要与材料清单不一致")
 
 
 class TicketProvinceSimulator(LoopbackServer):
@@ -224,20 +247,23 @@ class TicketProvinceSimulator(LoopbackServer):
 
     async def _submit(self, request: web.Request) -> web.Response:
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _refuse("E400", "请求体不是合法的 JSON", status=400)
+            body, files = await read_request(request, self.settings, MAX_BODY_BYTES)
+        except BadRequest as exc:
+            return _bad_request(exc)
         if not isinstance(body, dict):
             return _refuse("E400", "请求体必须是 JSON 对象", status=400)
         case_id = body.get("caseId")
         if not isinstance(case_id, str) or not case_id:
             return _refuse("E1001", "缺少外部业务编号 caseId")
+        if files and not files_listed(body, files, self.counters):
+            return _mismatch()
         known = self._cases.get(case_id)
         if known is not None:
             # A retry of the same case: the same ticket, and processing is not restarted.
             self.counters["submit_repeats"] += 1
             return _json({"code": "0", "msg": "已接件", "ticket": known.ticket})
-        case = _Case(case_id, self._new_ticket(), _scenario(body), str(body.get("itemCode", "")))
+        case = _Case(case_id, self._new_ticket(), _scenario(body), str(body.get("itemCode", "")),
+                     files=files)  # fmt: skip
         self._cases[case_id] = case
         self._by_ticket[case.ticket] = case
         self.counters["submits"] += 1
@@ -265,7 +291,14 @@ class TicketProvinceSimulator(LoopbackServer):
             return _refuse("E404", "流水号不存在")
         if case.withdrawn or not case.supplement_requested:
             return _refuse("E409", "该办件不在补正状态")
-        await request.read()  # the material itself is neither inspected nor logged
+        try:  # a JSON material is neither parsed nor inspected (nor logged)
+            body, files = await read_request(request, self.settings, MAX_BODY_BYTES,
+                                             parse_json=False)  # fmt: skip
+        except BadRequest as exc:
+            return _bad_request(exc)
+        if files and not files_listed(body, files, self.counters):
+            return _mismatch()
+        case.files.extend(files)
         self.counters["supplements"] += 1
         case.supplemented.set()  # a repeat is harmless
         return _json({"code": "0", "msg": "补正材料已接收"})
@@ -292,6 +325,12 @@ class TicketProvinceSimulator(LoopbackServer):
             "withdrawn": case.withdrawn,
             "finished": case.finished,
         }
+
+    def received_files(self, case_id: str) -> list[dict[str, Any]]:
+        """The files uploaded for a case (submit, then supplements) as this partner keeps them:
+        ``{"name", "media_type", "sha256", "size"}``, never the content. For tests."""
+        case = self._cases.get(case_id)
+        return [dict(f) for f in case.files] if case else []
 
     async def _process(self, case: _Case) -> None:
         """Walk one case through the platform's statuses, one step per ``latency``."""
