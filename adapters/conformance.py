@@ -15,7 +15,7 @@ test module::
         native_fields = {"case_id": "wbbh", "item_code": "sxbm",
                          "id_number": "sqr.zjhm", "name": "sqr.xm"}
 
-pytest then collects one test per rule (``test_rule_01_…`` to ``test_rule_24_…``). A broken rule
+pytest then collects one test per rule (``test_rule_01_…`` to ``test_rule_25_…``). A broken rule
 fails with a message that starts ``rule N (title): …``. Every test starts a fresh double, builds
 the adapter the way the gateway does (``build(settings, registry)``) and drives it with a real
 :class:`~adapters.sdk.AdapterContext` inside its own event loop, so no pytest-asyncio setup is
@@ -168,6 +168,10 @@ _RULE_LIST = [
     Rule(24, "poll survives the partner",
          "poll returns a list, without raising and within its time, while the partner fails, "
          "times out or is down."),
+    Rule(25, "partner event ids tell reports apart",
+         "Where parse_inbound fills in partner_event_id, the reports of different statuses of "
+         "one case carry different ids: the gateway ignores a report whose id it has already "
+         "applied to the case."),
 ]  # fmt: skip
 RULES: dict[int, Rule] = {rule.number: rule for rule in _RULE_LIST}
 
@@ -983,6 +987,31 @@ async def check_round_trip(h: Harness) -> None:
                         )
 
 
+async def check_event_ids(h: Harness) -> None:
+    statuses = type(h.suite).inbound_statuses
+    if not statuses:
+        pytest.skip("rule 25: the suite's inbound_statuses is empty (no inbound messages)")
+    case_id, ref = new_case_id(), "SC2026112100012345"
+    seen: dict[str, str] = {}  # partner event id → the status whose report carried it
+    for status in statuses:
+        outcome = "approved" if status == "completed" else None
+        try:
+            updates = h.parse(h.report(case_id, status, outcome, ref))
+        except ValueError as exc:
+            raise h.fail(25, f"parse_inbound refused a valid {status!r} report: {exc}") from None
+        for update in updates:
+            event_id = update.partner_event_id
+            if event_id is None:
+                continue
+            other = seen.setdefault(event_id, status)
+            if other != status:
+                raise h.fail(
+                    25,
+                    f"the {other!r} and {status!r} reports of one case both carry partner event "
+                    f"id {event_id!r}: the second would be ignored as a repeat",
+                )
+
+
 async def check_pure(h: Harness) -> None:
     if inspect.iscoroutinefunction(h.adapter.parse_inbound):
         raise h.fail(18, "parse_inbound is async; it must be a plain method")
@@ -1193,6 +1222,7 @@ CHECKS: dict[int, Check] = {
     22: check_no_pii_in_reasons,
     23: check_poll,
     24: check_poll_survives,
+    25: check_event_ids,
 }
 
 
@@ -1425,6 +1455,10 @@ class ConformanceSuite:
     def test_rule_24_poll_survives_the_partner(self, tmp_path: Path) -> None:
         """Rule 24: poll never raises while the partner fails (PollingAdapter only)."""
         self.run_rule(24, tmp_path)
+
+    def test_rule_25_partner_event_ids_tell_reports_apart(self, tmp_path: Path) -> None:
+        """Rule 25: one case's reports of different statuses never share a partner event id."""
+        self.run_rule(25, tmp_path)
 
 
 def rule_table() -> str:

@@ -276,6 +276,15 @@ class LooseResultAdapter(RestJsonAdapter):
         return dataclasses.replace(update, data={**(report.get("result") or {})})
 
 
+class CaseWideEventIdAdapter(RestJsonAdapter):
+    """Breaks rule 25: takes the case's ticket for the report's own id, so every report of a
+    case carries the same one."""
+
+    def _update(self, report: Mapping[str, Any], case_id: str | None) -> StatusUpdate:
+        update = super()._update(report, case_id)
+        return dataclasses.replace(update, partner_event_id=str(report.get("ticket")))
+
+
 class LogsIdNumberSuite(TestRestJsonConformance):
     adapter_class = LogsIdNumberAdapter
 
@@ -286,6 +295,10 @@ class ServerErrorIsPermanentSuite(TestRestJsonConformance):
 
 class LooseResultSuite(TestRestJsonConformance):
     adapter_class = LooseResultAdapter
+
+
+class CaseWideEventIdSuite(TestRestJsonConformance):
+    adapter_class = CaseWideEventIdAdapter
 
 
 class NoRateLimitDouble(RestJsonDouble):
@@ -361,6 +374,12 @@ def test_mutated_reports_catch_a_type_error(tmp_path: Path) -> None:
     with pytest.raises(RuleBroken, match=r"^rule 20 .*parse_inbound raised TypeError"):
         LooseResultSuite().run_rule(20, tmp_path)
     LooseResultSuite().run_rule(17, tmp_path)  # a valid report still reads back
+
+
+def test_one_event_id_for_every_report_of_a_case_breaks_rule_25(tmp_path: Path) -> None:
+    with pytest.raises(RuleBroken, match=r"^rule 25 .*both carry partner event id"):
+        CaseWideEventIdSuite().run_rule(25, tmp_path)
+    TestRestJsonConformance().run_rule(25, tmp_path)  # the built-in adapter passes
 
 
 def test_a_behaviour_the_double_cannot_produce_skips_its_rule(tmp_path: Path) -> None:
