@@ -6,7 +6,8 @@ therefore live in its memory: a claim is then a plain read on the reader connect
 taken here, not a write transaction with a commit (and, with ``synchronous=FULL``, an fsync)
 queued behind every other write on the one writer thread.
 
-A read sees the database as it was when the read began. A write that finishes a job or
+A read sees the database as it was when the read began (the SQLite store runs each read whole,
+so it never shares an older read's snapshot). A write that finishes a job or
 acknowledges an event may commit, and release its lease, while a claim's read is under way; that
 claim's rows still show the job pending or the event unacknowledged. So a key released after a
 claim began is not taken by that claim: the next claim reads it afresh.

@@ -354,8 +354,7 @@ class SqliteStore:
                 wake()
 
     async def _data_version(self) -> int:
-        async with self._rdb.execute("PRAGMA data_version") as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("PRAGMA data_version")
         return int(row[0]) if row else 0
 
     @property
@@ -517,6 +516,7 @@ class SqliteStore:
 
     # Claims are reads on the reader connection, with the leases held in this process's memory
     # (gateway.store.leases): the workers part, which alone claims, is this process's alone.
+    # Each read runs whole (_fetch), so it sees every commit made before it began.
 
     async def claim_jobs(
         self, owner: str, now: float, lease: float, quotas: Mapping[str, int]
@@ -529,13 +529,12 @@ class SqliteStore:
         try:
             claimed: list[JobRecord] = []
             for region, quota in wanted.items():
-                async with self._rdb.execute(
+                rows = await self._fetch(
                     f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'pending' AND region = ? AND "
                     f"next_attempt_at <= ? AND {NOT_PAUSED} ORDER BY next_attempt_at, job_id "
                     "LIMIT ?",
                     (region, now, quota + len(leases.held)),
-                ) as cur:
-                    rows = await cur.fetchall()
+                )
                 free = (j for j in map(job_from_row, rows)
                         if leases.take(j.job_id, now, now + lease, since))  # fmt: skip
                 claimed.extend(islice(free, quota))
@@ -556,13 +555,12 @@ class SqliteStore:
         since = leases.begin(now)
         try:
             skip_sql = f"AND recipient NOT IN ({','.join('?' * len(skip))})" if skip else ""
-            async with self._rdb.execute(
+            rows = await self._fetch(
                 "SELECT recipient, case_id, acked_seq, head_seq, attempts FROM cursors "
                 f"WHERE head_seq > acked_seq AND next_attempt_at <= ? {skip_sql} "
                 "ORDER BY next_attempt_at LIMIT ?",
                 (now, *skip, limit + len(leases.held)),
-            ) as cur:
-                rows = await cur.fetchall()
+            )
             taken = [r for r in rows if leases.take((r[0], r[1]), now, now + lease, since)]
         finally:
             leases.end(since)
@@ -589,29 +587,43 @@ class SqliteStore:
     # ---- reads ----------------------------------------------------------------------------
 
     async def get_case(self, case_id: str) -> CaseDetail | None:
-        db = self._rdb
-        async with db.execute(
+        row = await self._fetch_one(
             f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id = ?", (case_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        )
         if row is None:
             return None
-        async with db.execute(
+        events = await self._fetch(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ? ORDER BY seq", (case_id,)
-        ) as cur:
-            events = [event_from_row(r) for r in await cur.fetchall()]
-        async with db.execute(
-            "SELECT recipient, case_id, acked_seq, head_seq, attempts, next_attempt_at, last_error "
-            "FROM cursors WHERE case_id = ? ORDER BY recipient",
+        )
+        cursors = await self._fetch(
+            "SELECT recipient, case_id, acked_seq, head_seq, attempts, next_attempt_at, "
+            "last_error FROM cursors WHERE case_id = ? ORDER BY recipient",
             (case_id,),
-        ) as cur:
-            cursors = [CursorRecord(*r) for r in await cur.fetchall()]
-        async with db.execute(
+        )
+        ignored = await self._fetch(
             "SELECT case_id, at, status, source, reason FROM ignored WHERE case_id = ? ORDER BY id",
             (case_id,),
-        ) as cur:
-            ignored = [IgnoredRecord(*r) for r in await cur.fetchall()]
-        return CaseDetail(case_from_row(row), events, cursors, ignored)
+        )
+        return CaseDetail(
+            case_from_row(row),
+            [event_from_row(r) for r in events],
+            [CursorRecord(*r) for r in cursors],
+            [IgnoredRecord(*r) for r in ignored],
+        )
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Every row of one read, run and fetched in one call on the reader connection's thread.
+
+        A statement left open across an await (``execute``, then ``fetchall`` later) holds its
+        read transaction, and every read that runs on the connection meanwhile shares its
+        snapshot: it could miss a commit made before it began (a contract revision just
+        published, a job just finished). Run whole, no statement outlives its call.
+        """
+        return list(await self._rdb.execute_fetchall(sql, params))
+
+    async def _fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Any | None:
+        rows = await self._fetch(sql, params)
+        return rows[0] if rows else None
 
     async def cases(self, case_ids: Sequence[str]) -> dict[str, CaseRecord]:
         rows = await self._rows_in(f"SELECT {CASE_COLUMNS} FROM cases WHERE case_id", case_ids)
@@ -622,8 +634,7 @@ class SqliteStore:
         rows: list[Any] = []
         for chunk in _chunks(list(keys), 500):
             marks = ",".join("?" * len(chunk))
-            async with self._rdb.execute(f"{select} IN ({marks})", chunk) as cur:
-                rows += await cur.fetchall()
+            rows += await self._fetch(f"{select} IN ({marks})", chunk)
         return rows
 
     async def list_cases(self, flt: CaseFilter, limit: int, before: str | None) -> list[CaseRecord]:
@@ -644,99 +655,91 @@ class SqliteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY case_id DESC LIMIT ?"
-        async with self._rdb.execute(sql, (*params, limit)) as cur:
-            return [case_from_row(r) for r in await cur.fetchall()]
+        return [case_from_row(r) for r in await self._fetch(sql, (*params, limit))]
 
     async def feed(self, region: str, after: int, limit: int) -> list[EventRecord]:
-        async with self._rdb.execute(
+        rows = await self._fetch(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE feed_id IN ("
             "SELECT feed_id FROM events WHERE origin_region = ? AND feed_id > ? "
             "UNION SELECT feed_id FROM events WHERE handling_region = ? AND feed_id > ?) "
             "ORDER BY feed_id LIMIT ?",
             (region, after, region, after, limit),
-        ) as cur:
-            return [event_from_row(r) for r in await cur.fetchall()]
+        )
+        return [event_from_row(r) for r in rows]
 
     async def find_by_partner_ref(self, region: str, refs: Sequence[str]) -> Mapping[str, str]:
         found: dict[str, str] = {}
         for chunk in _chunks(list(refs), 500):
             marks = ",".join("?" * len(chunk))
-            async with self._rdb.execute(
+            rows = await self._fetch(
                 f"SELECT partner_ref, case_id FROM cases WHERE handling_region = ? "
                 f"AND partner_ref IN ({marks})",
                 (region, *chunk),
-            ) as cur:
-                found.update({r[0]: r[1] for r in await cur.fetchall()})
+            )
+            found.update({r[0]: r[1] for r in rows})
         return found
 
     async def open_cases(self, region: str, limit: int) -> list[CaseRecord]:
         # The partner holds the case: by the case's status, or for a multi-site case by the
         # status of the leg under way (handed to its next leg, the case is in progress before
         # that leg's partner has it).
-        async with self._rdb.execute(
+        rows = await self._fetch(
             f"SELECT {CASE_COLUMNS} FROM cases WHERE handling_region = ? AND "
             f"(CASE WHEN legs = '[]' THEN status "
             f"ELSE json_extract(legs, '$[' || leg || '].status') END) IN ({_TAKEN_SQL}) "
             "ORDER BY updated_at LIMIT ?",
             (region, limit),
-        ) as cur:
-            return [case_from_row(r) for r in await cur.fetchall()]
+        )
+        return [case_from_row(r) for r in rows]
 
     async def dead_jobs(self, limit: int) -> list[JobRecord]:
-        async with self._rdb.execute(
+        rows = await self._fetch(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'dead' ORDER BY updated_at DESC LIMIT ?",
             (limit,),
-        ) as cur:
-            return [job_from_row(r) for r in await cur.fetchall()]
+        )
+        return [job_from_row(r) for r in rows]
 
     async def queues(self, now: float) -> dict[str, dict[str, float]]:
-        async with self._rdb.execute(QUEUES_SQL) as cur:
-            return queues_from_rows(list(await cur.fetchall()), now)
+        return queues_from_rows(list(await self._fetch(QUEUES_SQL)), now)
 
     async def handles_attachment(self, region: str, sha256: str) -> bool:
-        async with self._rdb.execute(
-            HANDLES_ATTACHMENT.format(region="?", pattern="?"),
-            (region, f'%"sha256":"{sha256}"%') * 2,
-        ) as cur:
-            return await cur.fetchone() is not None
+        pattern = f'%"sha256":"{sha256}"%'
+        sql = HANDLES_ATTACHMENT.format(region="?", pattern="?")
+        return await self._fetch_one(sql, (region, pattern) * 2) is not None
 
     async def paused_partners(self) -> dict[str, PauseRecord]:
-        async with self._rdb.execute(PAUSES_SELECT) as cur:
-            return {r[0]: PauseRecord(*r) for r in await cur.fetchall()}
+        return {r[0]: PauseRecord(*r) for r in await self._fetch(PAUSES_SELECT)}
 
     async def get_blob(self, sha256: str) -> bytes | None:
-        async with self._rdb.execute(
-            "SELECT content FROM blobs WHERE sha256 = ?", (sha256,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT content FROM blobs WHERE sha256 = ?", (sha256,))
         return bytes(row[0]) if row else None
 
     async def revision_number(self) -> int:
-        async with self._rdb.execute("SELECT max(revision) FROM contract_revisions") as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT max(revision) FROM contract_revisions")
         return int(row[0]) if row and row[0] is not None else 0
 
     async def get_revision(self, revision: int | None = None) -> RevisionRecord | None:
         sql = "SELECT revision, created_at, author, note, content FROM contract_revisions "
         sql += "ORDER BY revision DESC LIMIT 1" if revision is None else "WHERE revision = ?"
         params = () if revision is None else (revision,)
-        async with self._rdb.execute(sql, params) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(sql, params)
         return RevisionRecord(*row) if row else None
 
     async def revisions(self, limit: int) -> list[RevisionRecord]:
-        async with self._rdb.execute(
-            "SELECT revision, created_at, author, note, '' FROM contract_revisions "
-            "ORDER BY revision DESC LIMIT ?",
-            (limit,),
-        ) as cur:
-            return [RevisionRecord(*r) for r in await cur.fetchall()]
+        return [
+            RevisionRecord(*r)
+            for r in await self._fetch(
+                "SELECT revision, created_at, author, note, '' FROM contract_revisions "
+                "ORDER BY revision DESC LIMIT ?",
+                (limit,),
+            )
+        ]
 
     async def published_versions(self) -> dict[tuple[str, int], str]:
-        async with self._rdb.execute(
-            "SELECT item_code, version, content FROM contract_versions"
-        ) as cur:
-            return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+        return {
+            (r[0], r[1]): r[2]
+            for r in await self._fetch("SELECT item_code, version, content FROM contract_versions")
+        }
 
     async def publish_revision(
         self,
@@ -793,43 +796,42 @@ class SqliteStore:
         return revision
 
     async def audit_of_case(self, case_id: str) -> list[AuditRecord]:
-        async with self._rdb.execute(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE case_id = ? ORDER BY audit_id", (case_id,)
-        ) as cur:
-            return [audit_from_row(r) for r in await cur.fetchall()]
+        return [
+            audit_from_row(r)
+            for r in await self._fetch(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE case_id = ? ORDER BY audit_id", (case_id,)
+            )
+        ]
 
     async def audit_page(self, after: int, limit: int) -> list[AuditRecord]:
-        async with self._rdb.execute(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE audit_id > ? ORDER BY audit_id LIMIT ?",
-            (after, limit),
-        ) as cur:
-            return [audit_from_row(r) for r in await cur.fetchall()]
+        return [
+            audit_from_row(r)
+            for r in await self._fetch(
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE audit_id > ? ORDER BY audit_id LIMIT ?",
+                (after, limit),
+            )
+        ]
 
     async def events_by_id(self, event_ids: Sequence[str]) -> dict[str, EventRecord]:
         rows = await self._rows_in(f"SELECT {EVENT_COLUMNS} FROM events WHERE event_id", event_ids)
         return {r[1]: event_from_row(r) for r in rows}
 
     async def stats(self, now: float) -> Mapping[str, float]:
-        db = self._rdb
         out: dict[str, float] = {}
-        async with db.execute(
+        row = await self._fetch_one(
             "SELECT count(*), min(created_at) FROM jobs WHERE state = 'pending'"
-        ) as cur:
-            row = await cur.fetchone()
+        )
         out["jobs_pending"] = float(row[0]) if row else 0.0
         out["jobs_oldest_pending_seconds"] = now - row[1] if row and row[1] else 0.0
-        async with db.execute("SELECT count(*) FROM jobs WHERE state = 'dead'") as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one("SELECT count(*) FROM jobs WHERE state = 'dead'")
         out["jobs_dead"] = float(row[0]) if row else 0.0
-        async with db.execute(
+        row = await self._fetch_one(
             "SELECT count(*), coalesce(sum(head_seq - acked_seq), 0) FROM cursors "
             "WHERE head_seq > acked_seq"
-        ) as cur:
-            row = await cur.fetchone()
+        )
         out["deliveries_waiting_cases"] = float(row[0]) if row else 0.0
         out["deliveries_waiting_events"] = float(row[1]) if row else 0.0
-        async with db.execute(overdue_sql("?"), (now, now)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetch_one(overdue_sql("?"), (now, now))
         out["cases_overdue"] = float(row[0]) if row else 0.0
         return out
 
