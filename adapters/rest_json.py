@@ -48,7 +48,7 @@ from adapters.sdk import (
     StatusUpdate,
     printable_code,
 )
-from adapters.uploads import AttachmentSettings, FilePart, Uploads, file_parts
+from adapters.uploads import AttachmentSettings, FilePart, Uploads
 
 # One platform's table (1 已接件, 3 已受理, 4 不受理, 6 补正, 8 开始办理, 11 办结).
 DEFAULT_STATUS_CODES = {
@@ -97,10 +97,6 @@ class RestJsonAdapter:
         """
         attachments = [self._uploads.listed(a) for a in case.attachments]
         return self._mapping.render(submit_body(case, attachments))
-
-    def files(self, attachments: Sequence[Mapping[str, Any]]) -> list[FilePart]:
-        """The file parts of a multipart upload (:func:`adapters.uploads.file_parts`). Pure."""
-        return file_parts(attachments)
 
     async def submit(self, case: CanonicalCase, ctx: AdapterContext) -> Outcome:
         try:

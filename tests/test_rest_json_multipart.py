@@ -19,6 +19,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from adapters.rest_json import RestJsonAdapter, RestJsonSettings
 from adapters.sdk import Accepted, AdapterContext, Permanent
+from adapters.uploads import file_parts
 from gateway.app import build_adapters
 from gateway.clock import SystemClock
 from gateway.config import ConfigError
@@ -181,8 +182,7 @@ async def test_content_that_is_not_base64_is_permanent_before_any_call(platform)
 
 def test_a_file_name_with_line_breaks_cannot_break_the_part_headers() -> None:
     a = attachment("a\r\nX-Injected: 1.pdf", "application/pdf", b"%PDF")
-    assert multipart("http://unused").files([a]) == [("a__X-Injected: 1.pdf", "application/pdf",
-                                                      b"%PDF")]  # fmt: skip
+    assert file_parts([a]) == [("a__X-Injected: 1.pdf", "application/pdf", b"%PDF")]
 
 
 # ---- the rest simulator -------------------------------------------------------------------------
