@@ -162,9 +162,10 @@ def run_event_loop(main: Any) -> None:
     """Run on uvloop where it is installed: the same asyncio, faster I/O. (The benchmarks run
     an in-process gateway through this too, so that it runs as ``tongban serve`` does.)
 
-    The switch interval is shortened so the store's writer thread, which gives up the GIL for
-    every SQLite call, gets it back in well under the default 5 ms: otherwise each statement of
-    a commit can wait a whole interval behind the busy event loop.
+    The switch interval is shortened so a thread beside the loop (the SQLite store's reader, the
+    file adapters' workers), which gives up the GIL for every call into C, gets it back in well
+    under the default 5 ms rather than waiting a whole interval behind the busy event loop. (The
+    SQLite writer is a process of its own for the same reason: see gateway.store.sqlite_writer.)
     """
     sys.setswitchinterval(0.0005)
     try:

@@ -4,7 +4,7 @@ On SQLite the process running the workers is the only one that claims jobs and d
 (its part is held by a lock file, and a successor releases what a dead one held). Its leases can
 therefore live in its memory: a claim is then a plain read on the reader connection and a lease
 taken here, not a write transaction with a commit (and, with ``synchronous=FULL``, an fsync)
-queued behind every other write on the one writer thread.
+queued behind every other write in the one writer process.
 
 A read sees the database as it was when the read began (the SQLite store runs each read whole,
 so it never shares an older read's snapshot). A write that finishes a job or
