@@ -35,6 +35,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a SQLite gateway's writer process, say)."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """CPU time of a live process and of its live children: a gateway and its writer."""
+    return cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
+
+
 def status_kb(pid: int, field: str) -> int:
     """A ``kB`` field of ``/proc/PID/status`` (VmHWM: peak resident set; VmRSS: current)."""
     try:

@@ -48,7 +48,18 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from bench.procs import ROOT, Proc, Processes, cpu_seconds, free_port, get, get_json, status_kb
+from bench.procs import (
+    ROOT,
+    Proc,
+    Processes,
+    children,
+    cpu_seconds,
+    family_cpu_seconds,
+    free_port,
+    get,
+    get_json,
+    status_kb,
+)
 from gateway.identifiers import id_check_char
 from gateway.signing import (
     KEY_HEADER,
@@ -277,8 +288,9 @@ class World:
         return [*self.gateways, *self.sims.values()]
 
     def gateway_cpu_seconds(self) -> list[float]:
-        """CPU time of each gateway process, in start order (the gateway's: their sum)."""
-        return [cpu_seconds(g.pid) for g in self.gateways]
+        """CPU time of each gateway process with its children (a SQLite gateway's writer
+        process), in start order (the gateway's: their sum)."""
+        return [family_cpu_seconds(g.pid) for g in self.gateways]
 
     def gateway_cpu_shares(self, before: list[float], seconds: float) -> list[float]:
         """Cores used by each gateway process over ``seconds`` since ``before`` (read with
@@ -289,6 +301,11 @@ class World:
     def gateway_vm_hwm_kb(self) -> list[int]:
         """Peak RSS of each gateway process, in start order."""
         return [status_kb(g.pid, "VmHWM") for g in self.gateways]
+
+    def writer_vm_hwm_kb(self) -> int:
+        """Peak RSS of the gateways' child processes (SQLite's writers), the largest."""
+        return max((status_kb(c, "VmHWM") for g in self.gateways for c in children(g.pid)),
+                   default=0)  # fmt: skip
 
     def metrics_cover_all(self) -> bool:
         """Whether one scrape of /metrics covers the whole gateway.
@@ -503,6 +520,7 @@ def accept_phase(
         hwm = world.gateway_vm_hwm_kb()
         f["gateway_vm_hwm_kb"] = max(hwm)  # the largest process
         f["gateway_vm_hwm_kb_per_process"] = hwm
+        f["writer_vm_hwm_kb"] = world.writer_vm_hwm_kb()
         what = "partners up" if partners_up else "partners unreachable"
         if len(world.gateways) > 1:
             what += f", {len(world.gateways)} gateway processes"
@@ -622,6 +640,7 @@ def e2e_phase(procs: Processes, work: Path, args: argparse.Namespace) -> dict[st
             "transitions_ignored": _metric(samples, "tongban_transitions_ignored_total"),
             "gateway_vm_hwm_kb": max(hwm),  # the largest process
             "gateway_vm_hwm_kb_per_process": hwm,
+            "writer_vm_hwm_kb": world.writer_vm_hwm_kb(),
         }
         if not done:
             print(f"warning: not every case was delivered within {args.e2e_timeout:.0f} s")
@@ -688,6 +707,10 @@ def _memory_row(name: str, figures: dict[str, Any]) -> str:
     if len(per) > 1:
         note = f"largest of {len(per)} processes: " + ", ".join(f"{kb / 1024:.0f}" for kb in per)
         note += " MiB"
+    if figures.get("writer_vm_hwm_kb"):
+        note += (
+            "; " if note else ""
+        ) + f"its SQLite writer process {_mib(figures['writer_vm_hwm_kb'])}"
     return _row(name, _mib(figures["gateway_vm_hwm_kb"]), note)
 
 

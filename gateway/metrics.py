@@ -6,6 +6,7 @@ Labels are regions, item codes, recipients and outcomes: never anything about a 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -39,18 +40,32 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.store = Gauge("tongban_store", "Store gauges", ["what"], registry=r)
+        # Each labelled child once: ``labels()`` takes a lock and checks its values every time,
+        # a cost on every request. The label sets are as bounded as the metrics' own.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def on_http(self, route: str, status: int, seconds: float) -> None:
+        self._child(self.http, route, str(status)).inc()
+        self._child(self.latency, route).observe(seconds)
 
     def on_submit(self, item_code: str, result: str) -> None:
-        self.submitted.labels(item_code, result).inc()
+        self._child(self.submitted, item_code, result).inc()
 
     def on_dispatch(self, region: str, outcome: str) -> None:
-        self.dispatch.labels(region, outcome).inc()
+        self._child(self.dispatch, region, outcome).inc()
 
     def on_delivery(self, recipient: str, ok: bool) -> None:
-        self.deliveries.labels(recipient, "ok" if ok else "error").inc()
+        self._child(self.deliveries, recipient, "ok" if ok else "error").inc()
 
     def on_ignored(self, source: str) -> None:
-        self.ignored.labels(source).inc()
+        self._child(self.ignored, source).inc()
 
     def render(self, store_stats: Mapping[str, float]) -> bytes:
         for what, value in store_stats.items():

@@ -348,8 +348,7 @@ def _middleware(metrics: Metrics) -> Any:
             # Only the exception type and where it happened: the message could carry input.
             log.error("unhandled %s in %s", logs.failure(exc), route)
             response = problem(errors.ApiError("an internal error occurred; nothing was changed"))
-        metrics.http.labels(route, str(response.status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        metrics.on_http(route, response.status, time.perf_counter() - started)
         return response
 
     return errors_as_problems

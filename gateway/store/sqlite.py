@@ -77,7 +77,7 @@ from gateway.store.rows import (
 )
 from gateway.store.sqlite_writer import WriterProcess
 from gateway.store.sqlite_writes import MIGRATIONS as MIGRATIONS  # for readers of the schema
-from gateway.store.sqlite_writes import chunks
+from gateway.store.sqlite_writes import chunks, expand
 
 log = logging.getLogger(__name__)
 Part = Literal["api", "workers"]
@@ -200,8 +200,7 @@ class SqliteStore:
         return results
 
     async def _in_transaction(self, lists: OpLists) -> list[list[OpResult]]:
-        results: list[list[OpResult]] = await self._writer.call("transaction", lists)
-        return results
+        return expand(lists, await self._writer.call("transaction", lists))
 
     # ---- claims ---------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ class WriterProcess:
         self.applied = self.applied or applied
 
     async def call(self, name: str, *args: Any) -> Any:
-        """``name(*args)`` in the writer (``transaction`` or ``publish`` of
+        """``name(*args)`` in the writer (``transaction`` or ``publish``, see
         :mod:`gateway.store.sqlite_writes`); its value, or its exception."""
         if not self._alive():
             async with self._starting:
@@ -165,7 +165,10 @@ def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """Answer requests until the input ends or ``close`` is asked."""
     from gateway.store import sqlite_writes as w
 
-    calls: dict[str, Callable[..., Any]] = {"transaction": w.transaction, "publish": w.publish}
+    calls: dict[str, Callable[..., Any]] = {
+        "transaction": w.transaction_compact,
+        "publish": w.publish,
+    }
     writer: w.Writer | None = None
     while (request := _read(requests)) is not None:
         name, args = request

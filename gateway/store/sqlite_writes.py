@@ -15,7 +15,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from gateway import audit
-from gateway.store.base import AuditItem, CaseRecord, OpResult, RevisionMoved, VersionConflict
+from gateway.store.base import (
+    AuditItem,
+    CaseRecord,
+    Op,
+    OpResult,
+    RevisionMoved,
+    Submit,
+    SubmitResult,
+    VersionConflict,
+)
 from gateway.store.batch import Batch, OpLists, apply_all, request_key, wanted
 from gateway.store.rows import (
     CASE_COLUMNS,
@@ -237,6 +246,32 @@ def transaction(db: sqlite3.Connection, lists: OpLists) -> list[list[OpResult]]:
         db.execute("ROLLBACK")
         raise
     return results
+
+
+CREATED = "created"  # a created submission's result, as it crosses back to the gateway
+
+
+def transaction_compact(db: sqlite3.Connection, lists: OpLists) -> list[list[OpResult | str]]:
+    """:func:`transaction`, each created submission's result as :data:`CREATED` alone: the
+    gateway holds the case it sent, and sending it back whole cost more than the commit."""
+    return [
+        [CREATED if isinstance(r, SubmitResult) and r.kind == "created" else r for r in results]
+        for results in transaction(db, lists)
+    ]
+
+
+def expand(lists: OpLists, compact: list[list[OpResult | str]]) -> list[list[OpResult]]:
+    """The results :func:`transaction_compact` answered, whole again, from the operations."""
+    return [
+        [r if not isinstance(r, str) else SubmitResult("created", _case_of(op)) for op, r in
+         zip(ops, results, strict=True)]
+        for (ops, _), results in zip(lists, compact, strict=True)
+    ]  # fmt: skip
+
+
+def _case_of(op: Op) -> CaseRecord:
+    assert isinstance(op, Submit)
+    return op.case
 
 
 def load_cases(db: sqlite3.Connection, lists: OpLists) -> dict[str, CaseRecord]:
