@@ -13,6 +13,7 @@ even on a host that runs in UTC.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -84,13 +85,7 @@ class WorkCalendar(BaseModel):
 
     def working_day_after(self, day: date, n: int) -> date:
         """The ``n``-th working day after ``day`` (``day`` itself not counted)."""
-        on, off = self._on, self._off  # read once: private attributes are slow to reach
-        left = n
-        while left > 0:
-            day += timedelta(days=1)
-            if day in on or (day.weekday() < 5 and day not in off):
-                left -= 1
-        return day
+        return _working_day_after(self._on, self._off, day, n)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -104,6 +99,18 @@ class WorkCalendar(BaseModel):
     def years(self) -> list[int]:
         """The years the calendar names a date in, oldest first."""
         return sorted({d.year for d in (*self.holidays, *self.workdays)})
+
+
+@lru_cache(maxsize=1024)
+def _working_day_after(on: frozenset[date], off: frozenset[date], day: date, n: int) -> date:
+    """Counted once per calendar, day and limit: every case received that day asks the same
+    (the calendar's sets are immutable, and hash once)."""
+    left = n
+    while left > 0:
+        day += timedelta(days=1)
+        if day in on or (day.weekday() < 5 and day not in off):
+            left -= 1
+    return day
 
 
 def deadline_after(start: float, working_days: int, calendar: WorkCalendar) -> float:

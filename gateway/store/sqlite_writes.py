@@ -439,8 +439,8 @@ def values(width: int, rows: int) -> str:
 def insert(db: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any]]) -> None:
     """Insert rows with one multi-row statement per chunk rather than one step per row.
 
-    Each step gives up and takes back the GIL; under a busy event loop every take-back can wait,
-    so fewer, larger statements keep a commit short.
+    Fewer, larger statements keep a commit short: each one is prepared, bound and stepped on its
+    own (and, when the writer was a thread, each step had to win the GIL back from the loop).
     """
     if not rows:
         return
