@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import lifecycle
-from gateway.contracts import LegSpec
 from gateway.lifecycle import Outcome, Status
 from gateway.store.base import JSON, CaseRecord, NewJob
+
+if TYPE_CHECKING:  # an annotation only: the store's writer process need not load the contracts
+    from gateway.contracts import LegSpec
 
 WAITING = "waiting"  # a leg whose turn has not come
 _OWN_STATUS = frozenset(
