@@ -251,10 +251,13 @@ class SqliteStore:
                 "ORDER BY next_attempt_at LIMIT ?",
                 (now, *skip, limit + len(leases.held)),
             )
-            taken = [r for r in rows if leases.take((r[0], r[1]), now, now + lease, since)]
+            # Only as many as asked for are leased: a cursor leased and not returned would wait
+            # out its whole lease unsent (the read fetches more rows, to step over held ones).
+            free = (r for r in rows if leases.take((r[0], r[1]), now, now + lease, since))
+            taken = list(islice(free, limit))
         finally:
             leases.end(since)
-        return await self._claimed_events(taken[:limit], max_events)
+        return await self._claimed_events(taken, max_events)
 
     async def _claimed_events(
         self, cursors: Sequence[Sequence[Any]], max_events: int
