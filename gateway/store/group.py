@@ -32,12 +32,19 @@ class GroupCommit(Generic[Item, Result]):
         transaction: Callable[[list[Item]], Awaitable[list[Result]]],
         *,
         max_group: int = 512,
+        weigh: Callable[[Item], int] | None = None,
+        max_weight: int = 0,
     ) -> None:
+        """``weigh`` and ``max_weight`` bound a group by the bytes it carries as well (a group
+        always takes its first item, however heavy)."""
         self._transaction = transaction
         self.max_group = max_group
+        self._weigh = weigh
+        self._max_weight = max_weight
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] = asyncio.Queue(
             maxsize=10_000
         )
+        self._carry: list[tuple[Item, asyncio.Future[Result]]] = []  # the next group's first
         self._task: asyncio.Task[None] | None = None
 
     def start(self, name: str) -> None:
@@ -49,8 +56,8 @@ class GroupCommit(Generic[Item, Result]):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        while not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+        while self._carry or not self._queue.empty():
+            _, fut = self._carry.pop() if self._carry else self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(StoreWriteFailed("store closed"))
 
@@ -61,10 +68,19 @@ class GroupCommit(Generic[Item, Result]):
 
     async def _loop(self) -> None:
         while True:
-            group = [await self._queue.get()]
+            group = [self._carry.pop() if self._carry else await self._queue.get()]
+            weight = self._weight(group[0])
             while len(group) < self.max_group and not self._queue.empty():
-                group.append(self._queue.get_nowait())
+                waiting = self._queue.get_nowait()
+                weight += self._weight(waiting)
+                if self._weigh is not None and weight > self._max_weight:
+                    self._carry.append(waiting)
+                    break
+                group.append(waiting)
             await self._commit(group)
+
+    def _weight(self, waiting: tuple[Item, asyncio.Future[Result]]) -> int:
+        return self._weigh(waiting[0]) if self._weigh is not None else 0
 
     async def _commit(self, group: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

@@ -55,6 +55,8 @@ from gateway.store.base import (
     OpResult,
     PauseRecord,
     RevisionRecord,
+    Submit,
+    Transition,
 )
 from gateway.store.batch import OpLists
 from gateway.store.group import GroupCommit
@@ -85,6 +87,21 @@ BOTH_PARTS: frozenset[Part] = frozenset({"api", "workers"})
 _TAKEN_SQL = "'dispatched', 'accepted', 'in_progress', 'supplement_required'"
 
 
+# A write group crosses to the writer process as one pickle: attachments (up to max_body_bytes
+# each) would otherwise make a group of many uploads a copy of gigabytes.
+GROUP_BYTES = 64 * 1024 * 1024
+
+
+def _blob_bytes(item: tuple[Sequence[Op], float]) -> int:
+    """The attachment bytes a caller's operations carry."""
+    return sum(
+        len(content)
+        for op in item[0]
+        if isinstance(op, Submit | Transition)
+        for _, _, content in op.blobs
+    )
+
+
 class SqliteStore:
     """:class:`gateway.store.base.Store` on SQLite."""
 
@@ -106,7 +123,7 @@ class SqliteStore:
         self._job_leases = Leases()  # job ids
         self._cursor_leases = Leases()  # (recipient, case id)
         self._group: GroupCommit[tuple[Sequence[Op], float], list[OpResult]] = GroupCommit(
-            self._in_transaction, max_group=max_group
+            self._in_transaction, max_group=max_group, weigh=_blob_bytes, max_weight=GROUP_BYTES
         )
 
     # ---- lifecycle ------------------------------------------------------------------------
