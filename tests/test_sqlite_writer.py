@@ -8,13 +8,18 @@ and a gateway killed with SIGKILL leaves no writer behind holding the database.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import signal
 from pathlib import Path
 
 import aiohttp
 
+from gateway.store import sqlite_writer
+from gateway.store.base import Pause, StoreWriteFailed
 from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite_writes import MIGRATIONS
 from tests.support import (
     HANDLER,
     ORIGIN,
@@ -107,3 +112,27 @@ async def test_the_writer_stops_with_its_gateway(tmp_path: Path) -> None:
         pid = store.writer_pid
         assert pid is not None
     assert _gone(pid)
+
+
+def test_the_writer_answers_each_request_in_order_and_an_error_as_its_exception(
+    tmp_path: Path,
+) -> None:
+    """The child's side alone, over in-memory streams: one answer per request, in order."""
+    group = [([Pause("510000", True, "ops")], 1_800_000_000.0)]
+    messages: list[tuple[str, tuple[object, ...]]] = [
+        ("transaction", (group,)),  # before open: refused, and the writer goes on
+        ("open", (str(tmp_path / "w.db"), "FULL", False)),
+        ("transaction", (group,)),
+        ("close", ()),
+    ]
+    requests = io.BytesIO(b"".join(sqlite_writer._frame(m) for m in messages))
+    answers = io.BytesIO()
+    sqlite_writer.serve(requests, answers)
+    answers.seek(0)
+    got = []
+    while head := answers.read(sqlite_writer.HEADER):
+        got.append(pickle.loads(answers.read(int.from_bytes(head, "big"))))
+    assert [ok for ok, _ in got] == [False, True, True, True]
+    assert isinstance(got[0][1], StoreWriteFailed)
+    assert got[1][1] == list(range(1, len(MIGRATIONS) + 1))  # every migration, on a new file
+    assert len(got[2][1]) == 1  # one result for the one caller of the group

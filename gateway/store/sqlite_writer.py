@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from gateway.store.base import StoreWriteFailed
 
-HEADER = 4  # bytes of big-endian length before each pickle
+HEADER = 8  # bytes of big-endian length before each pickle
 ROOT = str(Path(__file__).resolve().parents[2])  # where the gateway package can be imported
 STOP_TIMEOUT = 10.0  # seconds a closing writer may take before it is killed
 
@@ -93,11 +93,11 @@ class WriterProcess:
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise StoreWriteFailed("the store's writer is not running")
-        data = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _frame((name, args))  # before the answer waits: a failure here changes nothing
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append(answer)
         try:
-            proc.stdin.write(len(data).to_bytes(HEADER, "big") + data)
+            proc.stdin.write(frame)
             await proc.stdin.drain()
         except (ConnectionError, RuntimeError):
             pass  # the writer is gone: the answer reader fails what waits
@@ -152,12 +152,17 @@ def _read(stream: IO[bytes]) -> tuple[str, tuple[Any, ...]] | None:
     return request
 
 
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return len(data).to_bytes(HEADER, "big") + data
+
+
 def _answer(stream: IO[bytes], ok: bool, value: Any) -> None:
     try:
-        data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _frame((ok, value))
     except Exception:  # an exception that cannot be pickled goes back as its type alone
-        data = pickle.dumps((False, RuntimeError(type(value).__name__)))
-    stream.write(len(data).to_bytes(HEADER, "big") + data)
+        frame = _frame((False, RuntimeError(type(value).__name__)))
+    stream.write(frame)
     stream.flush()
 
 
