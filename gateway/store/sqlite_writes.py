@@ -8,7 +8,6 @@ begun and committed inside the call. Nothing here touches the event loop.
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -37,7 +36,6 @@ from gateway.store.rows import (
     event_row,
 )
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIGRATIONS: list[str] = [  # applied in order; never edit a released one, append
