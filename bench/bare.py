@@ -14,6 +14,8 @@ import signal
 
 from aiohttp import web
 
+from gateway.cli import run_event_loop
+
 ANSWER = b'{"status":"received"}'
 
 
@@ -50,7 +52,7 @@ def main() -> None:
     p.add_argument("--listen", default="127.0.0.1:0")
     args = p.parse_args()
     host, _, port = args.listen.rpartition(":")
-    asyncio.run(serve(host or "127.0.0.1", int(port)))
+    run_event_loop(serve(host or "127.0.0.1", int(port)))  # uvloop, as ``tongban serve`` runs
 
 
 if __name__ == "__main__":
