@@ -114,7 +114,6 @@ class SqliteStore:
         parts: frozenset[Part] = BOTH_PARTS,
     ) -> None:
         self.path = path
-        self.synchronous = synchronous
         self.parts = parts
         self.ready = False
         self._locks: dict[str, int] = {}  # lock file name → open descriptor
@@ -131,12 +130,12 @@ class SqliteStore:
     async def open(self) -> None:
         self._take_parts()
         try:
-            await self._writer.start()
+            applied = await self._writer.start()
         except BaseException:
             await self._writer.stop()
             self._release_locks()
             raise
-        for number in self._writer.applied:
+        for number in applied:
             log.info("applied store migration %d", number)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         await self._r.execute("PRAGMA busy_timeout=10000")

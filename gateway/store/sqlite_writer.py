@@ -47,14 +47,14 @@ class WriterProcess:
         self._reader: asyncio.Task[None] | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._starting = asyncio.Lock()
-        self.applied: list[int] = []  # migrations applied by the first start
 
     @property
     def pid(self) -> int | None:
         """The writer process's id while it runs."""
         return self._proc.pid if self._alive() and self._proc is not None else None
 
-    async def start(self) -> None:
+    async def start(self) -> list[int]:
+        """Start the writer and open the database; the migrations it applied."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (ROOT, env.get("PYTHONPATH"))))
         self._proc = await asyncio.create_subprocess_exec(
@@ -62,8 +62,8 @@ class WriterProcess:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read_answers(), name="sqlite-writer-answers")
-        applied = await self._send("open", *self._open_args)
-        self.applied = self.applied or applied
+        applied: list[int] = await self._send("open", *self._open_args)
+        return applied
 
     async def call(self, name: str, *args: Any) -> Any:
         """``name(*args)`` in the writer (``transaction`` or ``publish``, see
